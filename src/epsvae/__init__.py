@@ -1,0 +1,34 @@
+"""epsvae: ε-VAE, an image autoencoder whose decoder is a conditional rectified-flow diffusion model.
+
+>>> from epsvae import EpsilonVAE
+>>> model = EpsilonVAE.from_preset("eps-fmnist")
+>>> z = model.encode(x)                                   # x in [-1, 1], (N, C, H, W)
+>>> x_hat = model.decode(z, steps=3, generator=torch.Generator().manual_seed(0))
+"""
+
+__version__ = "0.1.0"
+
+from .config import (  # noqa: E402
+    AutoencoderConfig,
+    ConfigError,
+    DecoderConfig,
+    DiscriminatorConfig,
+    EncoderConfig,
+    FlowConfig,
+)
+from .models import BaselineVAE, EpsilonVAE, build_model, load_pretrained  # noqa: E402
+from .presets import preset_names  # noqa: E402
+
+__all__ = [
+    "AutoencoderConfig",
+    "BaselineVAE",
+    "ConfigError",
+    "DecoderConfig",
+    "DiscriminatorConfig",
+    "EncoderConfig",
+    "EpsilonVAE",
+    "FlowConfig",
+    "build_model",
+    "load_pretrained",
+    "preset_names",
+]

@@ -1,0 +1,101 @@
+"""The `epsvae` command line. Thin: each subcommand parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+
+from .config import ConfigError, apply_overrides
+from .presets import model_config, preset_names
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str):
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- info
+
+
+def preset_info(name: str, overrides: list[str] | None = None) -> dict:
+    """Exact parameter counts and shapes of a preset, built on the meta device (no memory, instant)."""
+    from .models import build_model
+
+    config = model_config(name)
+    if overrides:
+        config = apply_overrides(config, overrides)
+    with torch.device("meta"):
+        params = build_model(config).num_parameters()
+    return {
+        "preset": name,
+        "kind": config.kind,
+        "params": params,
+        "latent_shape": list(config.latent_shape),
+        "image_shape": list(config.image_shape),
+        "downsample": config.encoder.downsample,
+    }
+
+
+@command("info")
+def _info(args: argparse.Namespace) -> int:
+    info = preset_info(args.preset, args.set)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    c, h, w = info["image_shape"]
+    lc, lh, lw = info["latent_shape"]
+    ratio = c * h * w / (lc * lh * lw)
+    rows = [
+        ("preset", info["preset"]),
+        ("kind", {"epsilon": "ε-VAE (diffusion decoder)", "vae": "VAE (deterministic decoder)"}[info["kind"]]),
+        ("image", f"{c} x {h} x {w}"),
+        ("latent", f"{lc} x {lh} x {lw}  (downsample {info['downsample']}, {ratio:g}x compression)"),
+    ]
+    rows += [(f"{k} params", f"{v:>12,}  ({v / 1e6:.2f}M)") for k, v in info["params"].items()]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epsvae", description="ε-VAE: denoising as visual decoding.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameter counts and shapes of a preset")
+    p.add_argument("preset", help=f"one of: {', '.join(preset_names())}")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+
+    from . import cli_train
+
+    cli_train.add_parsers(sub, command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not getattr(exc, "epsvae_user_error", False):
+            raise
+        print(f"epsvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

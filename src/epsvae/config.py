@@ -1,0 +1,224 @@
+"""Typed configuration: one source of truth, serialised with every run and export.
+
+Every config is a dataclass; `from_dict` rebuilds one from JSON and rejects unknown
+keys, and `apply_overrides` applies `--set section.key=value` strings the same strict way.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be built: unknown key, bad value, wrong type."""
+
+
+@dataclass
+class EncoderConfig:
+    """Conv encoder (PAPER.md section 2). Downsample factor = 2 ** (len(channel_mult) - 1)."""
+
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    extra_blocks: int = 2  # residual blocks at the lowest resolution
+    mid_attention: bool = False  # SD: attention between the two lowest-resolution blocks
+    downsample_conv: bool = False  # SD: stride-2 conv; lite: average pooling
+    out_kernel: int = 1  # lite: 1x1 conv to the latent; SD: 3x3
+    latent_channels: int = 8
+    gaussian: bool = False  # predict (mean, logvar) and sample; adds a KL term in training
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass
+class DecoderConfig:
+    """Decoder size. ε-VAE's ADM U-Net uses every field; the VAE decoder uses the first three."""
+
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_levels: tuple[int, ...] = (2,)  # U-Net levels (0 = full resolution) with self-attention
+    head_channels: int = 64
+    resblock_updown: bool = True  # ADM: resample inside residual blocks
+    dropout: float = 0.0
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Time-conditioned StyleGAN-style discriminator for denoising trajectory matching."""
+
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4, 4)  # one blurred x2 downsampling per entry
+
+
+@dataclass
+class FlowConfig:
+    """Rectified-flow settings (PAPER.md section 3)."""
+
+    gamma: float = 0.6  # noise scaling: data enters x_t as (1 - t) * gamma * x0
+    t_sampler: str = "logit-normal"  # training time sampler: 'logit-normal' or 'uniform'
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    grid: str = "reversed-log"  # inference grid: 'reversed-log' or 'uniform'
+    steps: int = 3  # default decoding steps
+
+
+@dataclass
+class AutoencoderConfig:
+    """A whole autoencoder. `kind` is 'epsilon' (diffusion decoder) or 'vae' (deterministic)."""
+
+    kind: str = "epsilon"
+    image_channels: int = 3
+    image_size: int = 128  # training resolution; any multiple of the downsample factor decodes
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    # Per-channel latent statistics, filled in by `epsvae encode-dataset`, so that a latent
+    # generator normalises latents the same way everywhere.
+    latent_mean: tuple[float, ...] | None = None
+    latent_std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("epsilon", "vae"):
+            raise ConfigError(f"kind must be 'epsilon' or 'vae', got {self.kind!r}")
+        if self.image_size % self.encoder.downsample:
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by the downsample factor {self.encoder.downsample}"
+            )
+        if len(self.decoder.channel_mult) < 1 or len(self.encoder.channel_mult) < 1:
+            raise ConfigError("channel_mult needs at least one level")
+        if self.kind == "vae" and self.decoder_upsample != self.encoder.downsample:
+            raise ConfigError(
+                f"the VAE decoder upsamples x{self.decoder_upsample} but the encoder downsamples "
+                f"x{self.encoder.downsample}: give both the same number of channel_mult levels"
+            )
+        if self.flow.grid not in ("reversed-log", "uniform"):
+            raise ConfigError(f"flow.grid must be 'reversed-log' or 'uniform', got {self.flow.grid!r}")
+        if self.flow.t_sampler not in ("logit-normal", "uniform"):
+            raise ConfigError(f"flow.t_sampler must be 'logit-normal' or 'uniform', got {self.flow.t_sampler!r}")
+        if not 0 < self.flow.gamma <= 1:
+            raise ConfigError(f"flow.gamma must be in (0, 1], got {self.flow.gamma}")
+
+    @property
+    def decoder_upsample(self) -> int:
+        return 2 ** (len(self.decoder.channel_mult) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        f = self.encoder.downsample
+        return (self.encoder.latent_channels, self.image_size // f, self.image_size // f)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_channels, self.image_size, self.image_size)
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from `data`, recursively; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' in ' + where if where else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, '[1,2]' -> [1, 2], 'null' -> None, else the string."""
+    lowered = {"true": True, "false": False, "null": None, "none": None}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: T, overrides: dict[str, Any] | list[str]) -> T:
+    """Return a copy of `cfg` with dotted keys replaced: {'decoder.channels': 32} or ['decoder.channels=32']."""
+    if isinstance(overrides, list):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = parse_value(value.strip())
+        overrides = pairs
+    data = dataclasses.asdict(cfg)
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key {key!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r}; valid here: {', '.join(sorted(node))}")
+        node[parts[-1]] = value
+    return from_dict(type(cfg), data)

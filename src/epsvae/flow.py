@@ -1,0 +1,157 @@
+"""Rectified-flow math as small pure functions (PAPER.md section 3).
+
+Convention: t in [0, 1], t = 0 is data and t = 1 is noise. With noise scaling γ the
+data enters the path scaled down, which lowers the SNR at every t:
+
+    x_t = (1 - t) γ x0 + t ε                      (interpolation)
+    v   = dx_t/dt = ε - γ x0                      (velocity target)
+    x0  = (x_t - t v) / γ                         (one-step estimate from any t)
+
+The network sees x_t / sqrt(((1 - t) γ)^2 + t^2) so its input keeps unit variance
+(for unit-variance data). Samplers integrate dx = v dt from t = 1 to t = 0 on a time
+grid given as a tensor and return the state at the last grid point (γ x0 at t = 0);
+they share one signature, k-diffusion style, so new ones can sit beside Euler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N, ...), t (N,)) -> v
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N, 1, 1, ...) to broadcast against `like`."""
+    return t.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """x_t = (1 - t) γ x0 + t ε."""
+    tb = _bcast(t, x0)
+    return (1 - tb) * gamma * x0 + tb * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """v = ε - γ x0, the (constant) velocity of the straight path."""
+    return noise - gamma * x0
+
+
+def x0_estimate(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """One-step estimate x0_hat = (x_t - t v) / γ; exact when v is the true velocity."""
+    return (x_t - _bcast(t, x_t) * v) / gamma
+
+
+def input_scale(t: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """1 / std(x_t) for unit-variance data: 1 / sqrt(((1 - t) γ)^2 + t^2), shape (N,)."""
+    return torch.rsqrt(((1 - t) * gamma) ** 2 + t**2)
+
+
+# --------------------------------------------------------------------------- training time samplers
+
+
+def sample_t_logit_normal(
+    n: int, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """t = sigmoid(m + s * N(0, 1)), shape (n,) (SD3's logit-normal; PAPER.md section 3)."""
+    z = torch.randn(n, generator=generator, device=device)
+    return torch.sigmoid(mean + std * z)
+
+
+def sample_t_uniform(n: int, generator: torch.Generator | None = None, device=None, **_: float) -> torch.Tensor:
+    """t ~ U(0, 1), shape (n,)."""
+    return torch.rand(n, generator=generator, device=device)
+
+
+def sample_t(name: str, n: int, mean: float = 0.0, std: float = 1.0, generator=None, device=None) -> torch.Tensor:
+    if name == "logit-normal":
+        return sample_t_logit_normal(n, mean, std, generator, device)
+    if name == "uniform":
+        return sample_t_uniform(n, generator, device)
+    raise ValueError(f"unknown time sampler {name!r}; use 'logit-normal' or 'uniform'")
+
+
+# --------------------------------------------------------------------------- inference grids
+
+
+def grid_reversed_log(steps: int, m: float = 1.0, n: float = 100.0) -> torch.Tensor:
+    """The paper's reversed-logarithm grid, (steps + 1,) from 1 (noise) to 0 (data).
+
+    t_i = (log m - log(u_i (m - n) + n)) / (log m - log n), u_i = i / steps.
+    With m = 1, n = 100: steps=3 gives 1, 0.9130, 0.7657, 0. It spends the steps near
+    t = 1, where one step from pure noise has the most to decide.
+    """
+    _check_steps(steps)
+    u = torch.arange(steps + 1, dtype=torch.float64) / steps
+    t = (math.log(m) - torch.log(u * (m - n) + n)) / (math.log(m) - math.log(n))
+    return t.float()
+
+
+def grid_uniform(steps: int) -> torch.Tensor:
+    """Evenly spaced grid, (steps + 1,) from 1 to 0."""
+    _check_steps(steps)
+    return torch.linspace(1.0, 0.0, steps + 1)
+
+
+def make_grid(name: str, steps: int) -> torch.Tensor:
+    if name == "reversed-log":
+        return grid_reversed_log(steps)
+    if name == "uniform":
+        return grid_uniform(steps)
+    raise ValueError(f"unknown time grid {name!r}; use 'reversed-log' or 'uniform'")
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+@torch.no_grad()
+def sample_euler(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Euler on dx = v dt along `ts` (decreasing); one network call per step.
+
+    `callback(i, t, x)` sees the state after each step.
+    """
+    for i in range(len(ts) - 1):
+        t, t_next = ts[i], ts[i + 1]
+        v = velocity(x, t.expand(x.shape[0]).to(x.device))
+        x = x + (t_next - t).to(x.dtype) * v
+        if callback is not None:
+            callback(i, t_next, x)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Heun's second-order method (EDM Alg. 1); the last step, to t = 0, is plain Euler."""
+    for i in range(len(ts) - 1):
+        t, t_next = ts[i], ts[i + 1]
+        dt = (t_next - t).to(x.dtype)
+        v = velocity(x, t.expand(x.shape[0]).to(x.device))
+        x_euler = x + dt * v
+        if t_next > 0:
+            v2 = velocity(x_euler, t_next.expand(x.shape[0]).to(x.device))
+            x = x + dt * 0.5 * (v + v2)
+        else:
+            x = x_euler
+        if callback is not None:
+            callback(i, t_next, x)
+    return x
+
+
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun}

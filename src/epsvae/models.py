@@ -1,0 +1,328 @@
+"""Public models: `EpsilonVAE` (diffusion decoder) and `BaselineVAE` (deterministic decoder).
+
+Both share the encoder, the input checks and the safetensors + JSON export format.
+Images are float tensors in [-1, 1] of shape (N, C, H, W); H and W must be multiples
+of the encoder's downsample factor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from . import flow
+from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, to_dict
+from .nn.autoencoder import Encoder, VAEDecoder
+from .nn.discriminator import Discriminator
+from .nn.unet import UNet
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class EpsilonOutput(NamedTuple):
+    """Everything one ε-VAE training step needs, from one forward call."""
+
+    z: torch.Tensor  # (N, Cz, h, w) latent (sampled if the posterior is Gaussian)
+    t: torch.Tensor  # (N,) flow time
+    x_t: torch.Tensor  # (N, C, H, W) noisy input
+    v_pred: torch.Tensor  # (N, C, H, W) predicted velocity
+    v_target: torch.Tensor  # (N, C, H, W) true velocity ε - γ x0
+    x0_hat: torch.Tensor  # (N, C, H, W) one-step estimate of x0
+    kl: torch.Tensor  # () KL to N(0, I) per latent element, 0 without a Gaussian posterior
+
+
+class VAEOutput(NamedTuple):
+    z: torch.Tensor
+    x_hat: torch.Tensor  # (N, C, H, W) reconstruction
+    kl: torch.Tensor
+
+
+class Autoencoder(nn.Module):
+    """What ε-VAE and the VAE share: the encoder, checks, presets and (de)serialisation."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        if config.kind != self.kind:
+            raise ConfigError(
+                f"{type(self).__name__} needs a config of kind {self.kind!r}, got {config.kind!r}; "
+                f"use {_CLASS_FOR_KIND[config.kind].__name__} (or epsvae.load_pretrained) instead"
+            )
+        self.config = config
+        self.encoder = Encoder(config.encoder, config.image_channels)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: dict[str, Any] | list[str] | None = None):
+        """Build a randomly initialised model from a preset name, e.g. 'eps-lite-B'."""
+        from .presets import model_config
+
+        config = model_config(name)
+        if overrides:
+            config = apply_overrides(config, overrides)
+        return cls(config)
+
+    @property
+    def downsample(self) -> int:
+        return self.config.encoder.downsample
+
+    # ------------------------------------------------------------------ encoding
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        c = self.config.image_channels
+        f = self.downsample
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected images of shape (N, {c}, H, W), got {shape}")
+        if x.shape[1] != c:
+            raise ValueError(f"expected {c} image channel(s), got images of shape {tuple(x.shape)}")
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(
+                f"image height and width must be divisible by the downsample factor {f}, got {x.shape[2]}x{x.shape[3]}"
+            )
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        c = self.config.encoder.latent_channels
+        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != c:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"expected latents of shape (N, {c}, h, w), got {shape}")
+
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (N, C, H, W) -> (mean, logvar), each (N, Cz, H/f, W/f); logvar is None without a Gaussian posterior."""
+        self._check_images(x)
+        h = self.encoder(x)
+        if not self.config.encoder.gaussian:
+            return h, None
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x in [-1, 1], (N, C, H, W) -> z (N, Cz, H/f, W/f). A Gaussian posterior gives its mean unless `sample`."""
+        mean, logvar = self.encode_posterior(x)
+        if logvar is None or not sample:
+            return mean
+        return mean + torch.exp(0.5 * logvar) * randn_like(mean, generator)
+
+    def _posterior_sample(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """(z, kl) for training: a posterior sample and its KL to N(0, I), averaged over elements."""
+        mean, logvar = self.encode_posterior(x)
+        if logvar is None:
+            return mean, mean.new_zeros(())
+        z = mean + torch.exp(0.5 * logvar) * randn_like(mean, generator)
+        kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).mean()
+        return z, kl
+
+    # ------------------------------------------------------------------ parameters and files
+
+    def num_parameters(self) -> dict[str, int]:
+        """Exact parameter counts: encoder, decoder and (built from the config) discriminator."""
+        disc = Discriminator(self.config.discriminator, self.config.image_channels)
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"encoder": count(self.encoder), "decoder": count(self.decoder), "discriminator": count(disc)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` and `model.safetensors` (no pickle) into `directory`."""
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"_class_name": type(self).__name__, "_epsvae_version": __version__}
+        _atomic_write_text(directory / CONFIG_NAME, json.dumps({**meta, **to_dict(self.config)}, indent=2) + "\n")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt", "kind": self.kind})
+        tmp.replace(directory / WEIGHTS_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"):
+        """Load a directory written by `save_pretrained` (or `epsvae export`)."""
+        config = read_config(directory)
+        if cls is not Autoencoder and config.kind != cls.kind:
+            other = _CLASS_FOR_KIND[config.kind].__name__
+            raise ConfigError(
+                f"{directory} holds a {other} (kind {config.kind!r}), not a {cls.__name__}; "
+                f"load it with {other}.from_pretrained or epsvae.load_pretrained"
+            )
+        model = _CLASS_FOR_KIND[config.kind](config)
+        model.load_weights(Path(directory) / WEIGHTS_NAME)
+        return model.to(device).eval()
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a safetensors state dict, with a readable error if it belongs to another config."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights file at {path}")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+        check_state_dict(self, state, source=str(path))
+        self.load_state_dict(state)
+
+
+class EpsilonVAE(Autoencoder):
+    """ε-VAE: conv encoder + ADM U-Net that denoises x_t to the image, conditioned on z."""
+
+    kind = "epsilon"
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__(config)
+        c = config.image_channels
+        self.decoder = UNet(config.decoder, in_channels=c + config.encoder.latent_channels, out_channels=c)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Velocity for x_t (N, C, H, W) at times t (N,) given latents z; x_t is rescaled to unit variance."""
+        scale = flow.input_scale(t, self.config.flow.gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
+        return self.decoder(x_t * scale, t, z)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> EpsilonOutput:
+        """One training forward: encode, noise x to a random t, predict the velocity, estimate x0."""
+        fc = self.config.flow
+        z, kl = self._posterior_sample(x, generator)
+        n = x.shape[0]
+        if t is None:
+            device = generator.device if generator is not None else x.device
+            t = flow.sample_t(fc.t_sampler, n, fc.t_mean, fc.t_std, generator, device).to(x.device)
+        if noise is None:
+            noise = randn_like(x, generator)
+        x_t = flow.interpolate(x, noise, t, fc.gamma)
+        v_pred = self.velocity(x_t, t, z)
+        x0_hat = flow.x0_estimate(x_t, t, v_pred, fc.gamma)
+        return EpsilonOutput(z, t, x_t, v_pred, flow.velocity_target(x, noise, fc.gamma), x0_hat, kl)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        z: torch.Tensor,
+        steps: int | None = None,
+        grid: str | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str = "euler",
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f), about [-1, 1], in `steps` network calls.
+
+        `grid` is 'reversed-log' (default from the config), 'uniform', or a decreasing
+        tensor of times from 1 down to 0. Decoding starts from Gaussian noise, so it
+        is stochastic: pass a seeded `generator` (or `noise`) to make it reproducible.
+        """
+        self._check_latents(z)
+        fc = self.config.flow
+        if isinstance(grid, torch.Tensor):
+            ts = grid.float().cpu()
+            if ts.ndim != 1 or len(ts) < 2 or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
+                raise ValueError("a custom grid must be a 1-D decreasing tensor from exactly 1 down to exactly 0")
+        else:
+            ts = flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
+        if sampler not in flow.SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(flow.SAMPLERS)}")
+        f = self.downsample
+        shape = (z.shape[0], self.config.image_channels, z.shape[2] * f, z.shape[3] * f)
+        if noise is None:
+            noise = randn_like(z.new_empty(shape), generator)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x = noise.to(device=z.device, dtype=z.dtype)
+        x = flow.SAMPLERS[sampler](lambda x_t, t: self.velocity(x_t, t, z), x, ts)
+        return x / fc.gamma  # the state at t = 0 is γ x0
+
+
+class BaselineVAE(Autoencoder):
+    """The same-size deterministic-decoder autoencoder that ε-VAE is compared against."""
+
+    kind = "vae"
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__(config)
+        self.decoder = VAEDecoder(config.decoder, config.encoder.latent_channels, config.image_channels)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        z, kl = self._posterior_sample(x, generator)
+        return VAEOutput(z, self.decoder(z), kl)
+
+    def decode(self, z: torch.Tensor, **_ignored: Any) -> torch.Tensor:
+        """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f). Step/grid arguments are accepted and ignored."""
+        self._check_latents(z)
+        return self.decoder(z)
+
+
+_CLASS_FOR_KIND: dict[str, type[Autoencoder]] = {"epsilon": EpsilonVAE, "vae": BaselineVAE}
+
+
+def build_model(config: AutoencoderConfig) -> Autoencoder:
+    return _CLASS_FOR_KIND[config.kind](config)
+
+
+def build_discriminator(config: AutoencoderConfig) -> Discriminator:
+    return Discriminator(config.discriminator, config.image_channels)
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
+    """Load an exported model directory as whichever class its config names."""
+    return Autoencoder.from_pretrained(directory, device)
+
+
+def read_config(directory: str | Path) -> AutoencoderConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not an epsvae model directory: {CONFIG_NAME} is missing "
+            "(write one with save_pretrained or `epsvae export`)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    return from_dict(AutoencoderConfig, data)
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise a readable ValueError if `state` does not fit `model` (other config, other class)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not match this model's config (was it saved from another config or preset?)"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+                lines.append(f"  {len(items)} {label}: {', '.join(items[:3])}{more}")
+        raise ValueError("\n".join(lines))
+
+
+def randn_like(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise shaped like `like`, drawn on the generator's device (a CPU generator
+    gives the same numbers whatever device the model is on), returned on `like`'s device."""
+    device = generator.device if generator is not None else like.device
+    noise = torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

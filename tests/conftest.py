@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from epsvae.config import AutoencoderConfig, DecoderConfig, DiscriminatorConfig, EncoderConfig
+
+
+def tiny_config(kind: str = "epsilon", channels: int = 1, size: int = 16, **flow) -> AutoencoderConfig:
+    """A few-thousand-parameter model: 2 levels (f2), 2 latent channels."""
+    from epsvae.config import FlowConfig
+
+    return AutoencoderConfig(
+        kind=kind,
+        image_channels=channels,
+        image_size=size,
+        encoder=EncoderConfig(channels=4, channel_mult=(1, 2), num_res_blocks=1, extra_blocks=1, latent_channels=2),
+        decoder=DecoderConfig(channels=4, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_channels=4),
+        discriminator=DiscriminatorConfig(channels=4, channel_mult=(1, 2)),
+        flow=FlowConfig(**flow),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from epsvae.cli import main, preset_info
+from epsvae.config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, to_dict
+from epsvae.presets import PRESETS, model_config
+
+PAPER = {  # PAPER.md section 2: (ε-VAE decoder, VAE decoder) parameters, lite, RGB, 8 latent channels
+    "B": (20.63e6, 10.14e6),
+    "M": (49.33e6, 22.79e6),
+    "L": (88.98e6, 40.48e6),
+    "XL": (140.63e6, 65.27e6),
+    "H": (355.62e6, 161.81e6),
+}
+
+
+@pytest.mark.parametrize("size", list(PAPER))
+def test_lite_decoder_params_within_1_percent_of_paper(size, capsys):
+    for prefix, target in zip(("eps", "vae"), PAPER[size], strict=True):
+        assert main(["info", f"{prefix}-lite-{size}", "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert abs(info["params"]["decoder"] / target - 1) < 0.01, (size, prefix, info)
+        assert abs(info["params"]["encoder"] / 5.9e6 - 1) < 0.01
+        assert info["latent_shape"] == [8, 8, 8] and info["image_shape"] == [3, 128, 128]
+        assert set(info["params"]) == {"encoder", "decoder", "discriminator"}
+
+
+def test_sd_and_fmnist_presets():
+    sd = preset_info("eps-sd-M")
+    assert sd["latent_shape"] == [4, 32, 32] and sd["image_shape"] == [3, 256, 256]
+    assert abs(sd["params"]["encoder"] / 34e6 - 1) < 0.02
+    eps, vae = preset_info("eps-fmnist"), preset_info("vae-fmnist")
+    assert eps["latent_shape"] == vae["latent_shape"] and eps["image_shape"] == [1, 32, 32]
+    assert eps["params"]["encoder"] == vae["params"]["encoder"]
+    assert 1.7 < eps["params"]["decoder"] / vae["params"]["decoder"] < 2.3
+
+
+def test_every_preset_builds_a_valid_config():
+    expected = {f"{k}-lite-{s}" for k in ("eps", "vae") for s in PAPER}
+    expected |= {"eps-sd-B", "eps-sd-M", "eps-sd-H", "eps-fmnist", "vae-fmnist"}
+    assert set(PRESETS) == expected
+    for name in PRESETS:
+        cfg = model_config(name)
+        assert from_dict(AutoencoderConfig, to_dict(cfg)) == cfg
+
+
+def test_info_table(capsys):
+    assert main(["info", "eps-lite-B"]) == 0
+    out = capsys.readouterr().out
+    assert "decoder params" in out and "20,627,395" in out and "96x compression" in out
+
+
+def test_unknown_keys_and_bad_values_are_errors(capsys):
+    cfg = model_config("eps-fmnist")
+    with pytest.raises(ConfigError, match="unknown config key 'decoder.chanels'"):
+        apply_overrides(cfg, ["decoder.chanels=3"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        apply_overrides(cfg, ["decoder.channels=wide"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(AutoencoderConfig, {**to_dict(cfg), "extra": 1})
+    with pytest.raises(ConfigError, match="unknown preset 'eps-tiny'"):
+        model_config("eps-tiny")
+    assert apply_overrides(cfg, ["decoder.channels=16", "flow.gamma=1"]).decoder.channels == 16
+    assert main(["info", "eps-fmnist", "--set", "flow.gamma=2"]) == 2
+    assert "flow.gamma must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_override_changes_counts():
+    small = preset_info("eps-fmnist", ["decoder.channels=16"])
+    assert small["params"]["decoder"] < preset_info("eps-fmnist")["params"]["decoder"]
+    f8 = preset_info("eps-fmnist", ["encoder.channel_mult=[1,2,2,2]"])
+    assert f8["latent_shape"] == [2, 4, 4] and f8["downsample"] == 8
+
+
+def test_python_dash_m_works():
+    out = subprocess.run(
+        [sys.executable, "-m", "epsvae", "info", "vae-fmnist", "--json"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout)["kind"] == "vae"

@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from epsvae import flow
+
+
+def test_reversed_log_grid_matches_paper():
+    assert flow.grid_reversed_log(1).tolist() == [1.0, 0.0]
+    assert [round(v, 4) for v in flow.grid_reversed_log(2).tolist()] == [1.0, 0.8516, 0.0]
+    assert [round(v, 4) for v in flow.grid_reversed_log(3).tolist()] == [1.0, 0.9130, 0.7657, 0.0]
+
+
+def test_reversed_log_grid_formula_and_monotone():
+    ts = flow.grid_reversed_log(10)
+    u = torch.arange(11, dtype=torch.float64) / 10
+    assert torch.allclose(ts.double(), torch.log(100 - 99 * u) / math.log(100), atol=1e-6)
+    assert (ts[1:] < ts[:-1]).all()
+
+
+def test_uniform_grid():
+    assert torch.allclose(flow.grid_uniform(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    with pytest.raises(ValueError, match="positive integer"):
+        flow.grid_uniform(0)
+    with pytest.raises(ValueError, match="unknown time grid"):
+        flow.make_grid("cosine", 3)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.8, 0.6, 0.4])
+def test_x0_recovered_exactly_from_true_velocity(gamma):
+    x0, eps = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.rand(4)
+    x_t = flow.interpolate(x0, eps, t, gamma)
+    v = flow.velocity_target(x0, eps, gamma)
+    assert torch.allclose(flow.x0_estimate(x_t, t, v, gamma), x0, atol=1e-5)
+
+
+def test_interpolation_endpoints_and_velocity_is_derivative():
+    x0, eps, gamma = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), 0.6
+    assert torch.allclose(flow.interpolate(x0, eps, torch.zeros(2), gamma), gamma * x0)
+    assert torch.allclose(flow.interpolate(x0, eps, torch.ones(2), gamma), eps)
+    t, dt = torch.full((2,), 0.3), 1e-3
+    finite = (flow.interpolate(x0, eps, t + dt, gamma) - flow.interpolate(x0, eps, t, gamma)) / dt
+    assert torch.allclose(finite, flow.velocity_target(x0, eps, gamma), atol=1e-2)
+
+
+def test_input_scale_gives_unit_variance():
+    x0, eps = torch.randn(200_000), torch.randn(200_000)
+    for tv in (0.0, 0.3, 0.9):
+        t = torch.full((1,), tv)
+        x_t = flow.interpolate(x0[None], eps[None], t, 0.6)
+        assert abs((x_t * flow.input_scale(t, 0.6)).std().item() - 1) < 0.01
+
+
+@pytest.mark.parametrize("sampler", [flow.sample_euler, flow.sample_heun])
+@pytest.mark.parametrize("grid", [flow.grid_reversed_log(3), flow.grid_uniform(5), flow.grid_reversed_log(1)])
+def test_samplers_land_exactly_on_straight_field(sampler, grid):
+    # A straight-line field from every noise sample to its target: v = eps - target is constant.
+    target, eps = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    v = eps - target
+    calls = []
+    out = sampler(lambda x, t: (calls.append(t), v)[1], eps.clone(), grid)
+    assert torch.allclose(out, target, atol=1e-5)
+    assert calls and all(c.shape == (3,) for c in calls)
+
+
+def test_time_samplers():
+    g = torch.Generator().manual_seed(0)
+    t = flow.sample_t("logit-normal", 100_000, generator=g)
+    assert 0 < t.min() and t.max() < 1 and abs(t.median().item() - 0.5) < 0.01
+    # logit of a logit-normal sample is normal with the given mean and std
+    logits = torch.log(t / (1 - t))
+    assert abs(logits.std().item() - 1) < 0.02
+    u = flow.sample_t("uniform", 100_000, generator=g)
+    assert abs(u.mean().item() - 0.5) < 0.01
+    shifted = flow.sample_t("logit-normal", 10_000, mean=1.0, generator=g)
+    assert shifted.median() > 0.7
+    with pytest.raises(ValueError, match="unknown time sampler"):
+        flow.sample_t("beta", 3)

@@ -1,0 +1,210 @@
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from epsvae import BaselineVAE, ConfigError, EpsilonVAE, load_pretrained
+from epsvae.models import build_discriminator
+from epsvae.nn.layers import AttentionBlock, ResBlock
+
+
+def test_component_shapes():
+    cfg = tiny_config(channels=3, size=16)
+    model = EpsilonVAE(cfg)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (2, 2, 8, 8)
+    t = torch.rand(2)
+    assert model.velocity(x, t, z).shape == x.shape
+    out = model(x)
+    assert out.x0_hat.shape == out.v_pred.shape == out.v_target.shape == out.x_t.shape == x.shape
+    assert out.t.shape == (2,) and out.kl.shape == ()
+    disc = build_discriminator(cfg)
+    assert disc(torch.cat([x, out.x_t], 1), t).shape == (2,)
+    vae = BaselineVAE(tiny_config("vae", channels=3))
+    assert vae.decode(vae.encode(x)).shape == x.shape
+    assert vae(x).x_hat.shape == x.shape
+
+
+def test_blocks_shapes_and_resampling():
+    emb = torch.randn(2, 8)
+    x = torch.randn(2, 4, 8, 8)
+    assert ResBlock(4, 6, 8, "down")(x, emb).shape == (2, 6, 4, 4)
+    assert ResBlock(4, 4, 8, "up")(x, emb).shape == (2, 4, 16, 16)
+    assert ResBlock(4, 6)(x).shape == (2, 6, 8, 8)
+    assert AttentionBlock(4, 2)(x).shape == x.shape
+    with pytest.raises(ValueError, match="conditioned"):
+        ResBlock(4, 4, 8)(x)
+
+
+def test_decode_any_resolution_multiple_of_factor():
+    model = EpsilonVAE(tiny_config())
+    z = torch.randn(1, 2, 12, 4)
+    assert model.decode(z, steps=1).shape == (1, 1, 24, 8)
+
+
+def test_decode_reproducible_with_generator_and_varies_without():
+    model = EpsilonVAE(tiny_config())
+    # the U-Net's output conv starts at zero; give it weights so decoding depends on the noise
+    torch.nn.init.normal_(model.decoder.out_conv.weight, std=0.1)
+    z = model.encode(torch.rand(2, 1, 16, 16))
+    a = model.decode(z, steps=3, generator=torch.Generator().manual_seed(7))
+    b = model.decode(z, steps=3, generator=torch.Generator().manual_seed(7))
+    c = model.decode(z, steps=3)
+    d = model.decode(z, steps=3)
+    assert torch.equal(a, b)
+    assert not torch.allclose(c, d)
+
+
+def test_decode_grids_and_errors():
+    model = EpsilonVAE(tiny_config())
+    z = torch.randn(1, 2, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    custom = model.decode(z, grid=torch.tensor([1.0, 0.5, 0.0]), generator=g)
+    g = torch.Generator().manual_seed(0)
+    same = model.decode(z, steps=2, grid="uniform", generator=g)
+    assert torch.allclose(custom, same)
+    with pytest.raises(ValueError, match="exactly 1 down to exactly 0"):
+        model.decode(z, grid=torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        model.decode(z, sampler="ddim")
+    with pytest.raises(ValueError, match=r"latents of shape \(N, 2, h, w\)"):
+        model.decode(torch.randn(1, 3, 8, 8))
+
+
+def test_one_step_decode_is_x0_estimate_from_noise():
+    """With 1 step, decode(z) = (ε - 1 * v(ε, 1, z)) / γ: the network's one-step estimate."""
+    model = EpsilonVAE(tiny_config(gamma=0.6))
+    torch.nn.init.normal_(model.decoder.out_conv.weight, std=0.1)
+    z = torch.randn(2, 2, 8, 8)
+    eps = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = (eps - model.velocity(eps, torch.ones(2), z)) / 0.6
+    assert torch.allclose(model.decode(z, steps=1, noise=eps), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 15, 16), (2, 1, 16, 17)])
+def test_wrong_spatial_size_names_the_factor(shape):
+    model = EpsilonVAE(tiny_config())
+    with pytest.raises(ValueError, match="downsample factor 2"):
+        model.encode(torch.randn(shape))
+
+
+def test_wrong_channels_or_rank():
+    model = BaselineVAE(tiny_config("vae"))
+    with pytest.raises(ValueError, match="1 image channel"):
+        model.encode(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        model.encode(torch.randn(1, 16, 16))
+
+
+@pytest.mark.parametrize("cls,kind", [(EpsilonVAE, "epsilon"), (BaselineVAE, "vae")])
+def test_save_load_round_trip_identical(tmp_path, cls, kind):
+    model = cls(tiny_config(kind)).eval()
+    for p in model.parameters():  # non-trivial weights everywhere, zero-init convs included
+        torch.nn.init.normal_(p, std=0.05)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["kind"] == kind
+    loaded = cls.from_pretrained(tmp_path / "m")
+    also = load_pretrained(tmp_path / "m")
+    assert type(also) is cls and loaded.config == model.config
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    z = model.encode(x)
+    assert torch.equal(z, loaded.encode(x))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(model.decode(z, generator=g1), loaded.decode(z, generator=g2))
+
+
+def test_loading_other_config_or_class_fails_clearly(tmp_path):
+    EpsilonVAE(tiny_config()).save_pretrained(tmp_path / "eps")
+    BaselineVAE(tiny_config("vae")).save_pretrained(tmp_path / "vae")
+    with pytest.raises(ConfigError, match="holds a BaselineVAE"):
+        EpsilonVAE.from_pretrained(tmp_path / "vae")
+    # weights from one config beside the config.json of another
+    other = tiny_config()
+    other.decoder.channels = 8
+    bigger = EpsilonVAE(other)
+    bigger.save_pretrained(tmp_path / "big")
+    (tmp_path / "eps" / "model.safetensors").write_bytes((tmp_path / "big" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="(?s)does not match this model's config.*shape mismatches"):
+        EpsilonVAE.from_pretrained(tmp_path / "eps")
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        EpsilonVAE.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "vae" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        BaselineVAE.from_pretrained(tmp_path / "vae")
+
+
+def test_wrong_kind_config_rejected():
+    with pytest.raises(ConfigError, match="use BaselineVAE"):
+        EpsilonVAE(tiny_config("vae"))
+
+
+def test_gaussian_posterior_kl_and_sampling():
+    cfg = tiny_config()
+    cfg.encoder.gaussian = True
+    model = EpsilonVAE(cfg)
+    x = torch.rand(2, 1, 16, 16)
+    mean, logvar = model.encode_posterior(x)
+    assert mean.shape == logvar.shape == (2, 2, 8, 8)
+    assert torch.equal(model.encode(x), mean)
+    assert not torch.equal(model.encode(x, sample=True), mean)
+    out = model(x)
+    expected = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
+    assert torch.allclose(out.kl, expected, atol=1e-6) and out.kl > 0
+
+
+def test_training_forward_targets_are_consistent():
+    model = EpsilonVAE(tiny_config(gamma=0.6))
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    noise, t = torch.randn_like(x), torch.tensor([0.1, 0.5, 0.9])
+    out = model(x, t=t, noise=noise)
+    assert torch.allclose(out.v_target, noise - 0.6 * x)
+    assert torch.allclose(out.x_t, (1 - t[:, None, None, None]) * 0.6 * x + t[:, None, None, None] * noise)
+    # a perfect velocity would give back x exactly
+    assert torch.allclose((out.x_t - t[:, None, None, None] * out.v_target) / 0.6, x, atol=1e-5)
+
+
+def test_gradients_reach_encoder_and_decoder():
+    model = EpsilonVAE(tiny_config())
+    x = torch.rand(2, 1, 16, 16)
+
+    def loss():
+        model.zero_grad()
+        out = model(x)
+        ((out.v_pred - out.v_target) ** 2).mean().backward()
+
+    # ADM's output conv starts at zero: at step 0 only it receives gradient
+    loss()
+    assert model.decoder.out_conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.encoder.parameters())
+    # once it is non-zero, the loss trains the encoder (through z) and the whole U-Net
+    torch.nn.init.normal_(model.decoder.out_conv.weight, std=0.1)
+    for block in model.decoder.modules():
+        if isinstance(block, ResBlock):
+            torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    loss()
+    assert model.encoder.layers[0].weight.grad.abs().sum() > 0
+    assert model.decoder.enc["l0_conv"].weight.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_same_gradients():
+    cfg = tiny_config()
+    model = EpsilonVAE(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, noise = torch.rand(2, 1, 16, 16), torch.rand(2), torch.randn(2, 1, 16, 16)
+
+    def grads():
+        model.zero_grad()
+        out = model(x, t=t, noise=noise)
+        ((out.v_pred - out.v_target) ** 2).mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.decoder.cfg.grad_checkpointing = True
+    ckpt = grads()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ckpt, strict=True))
+    assert all(g.abs().sum() > 0 for g in ckpt[:3])
