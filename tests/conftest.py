@@ -22,3 +22,14 @@ def tiny_config(kind: str = "epsilon", channels: int = 1, size: int = 16, **flow
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fmnist(tmp_path, monkeypatch):
+    """A tiny Fashion-MNIST in EPSVAE_DATA and a private cache (the feature network trains there)."""
+    from helpers import write_fake_fashion_mnist
+
+    root = write_fake_fashion_mnist(tmp_path / "fmnist")
+    monkeypatch.setenv("EPSVAE_DATA", str(root))
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
+    return root

@@ -1,5 +1,126 @@
-"""CLI subcommands for training, export and reconstruction (filled in by the training engine)."""
+"""CLI subcommands: train, export, reconstruct, features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
 
 
 def add_parsers(sub, command) -> None:
-    return None
+    p = sub.add_parser("train", help="train (or resume) an ε-VAE or VAE run")
+    p.add_argument("--preset", help="preset name (needed to start a run; optional to resume one)")
+    p.add_argument("--data", help="dataset spec: fashion-mnist, folder:PATH, skimage-photos")
+    p.add_argument("--out", required=True, help="run directory; an existing one is resumed")
+    p.add_argument("--steps", type=int, help="total steps (default: the preset's full budget)")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpointed; resumable)")
+    p.add_argument("--batch-size", type=int, help="batch size per process")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. train.lr=2e-4 or model.flow.gamma=0.8 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command("train")(_train)
+
+    p = sub.add_parser("export", help="export a run's EMA weights as a model directory")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", required=True, help="model directory to write")
+    command("export")(_export)
+
+    p = sub.add_parser("reconstruct", help="encode and decode a dataset split; write uint8 arrays to .npz")
+    p.add_argument("--model", required=True, help="exported model directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="first N images")
+    p.add_argument("--steps", type=int, default=None, help="decoding steps (ε-VAE; default from the config)")
+    p.add_argument("--grid", default=None, help="reversed-log or uniform (default from the config)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="output .npz with 'original' and 'reconstruction'")
+    p.add_argument("--png", help="also save a grid of the first 16 pairs")
+    command("reconstruct")(_reconstruct)
+
+    p = sub.add_parser("features", help="the offline feature network (perceptual loss, domain FID)")
+    fsub = p.add_subparsers(dest="features_command", required=True)
+    q = fsub.add_parser("train", help="train it as a classifier on a labelled dataset")
+    q.add_argument("--data", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--epochs", type=float, default=2.0)
+    command("features")(_features)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import prepare_run, train
+
+    cfg = prepare_run(args.out, args.preset, args.set, args.data, args.steps, args.batch_size)
+    summary = train(args.out, cfg, minutes=args.minutes, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line under torchrun
+        print(json.dumps({k: summary[k] for k in ("step", "seconds", "world_size", "effective_batch_size")}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .train import export
+
+    print(f"exported to {export(args.run, args.out)}")
+    return 0
+
+
+def reconstruct_dataset(
+    model, dataset, limit: int | None, steps: int | None, grid: str | None, seed: int, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, C, H, W) originals and reconstructions of the first `limit` items of `dataset`."""
+    from .images import to_uint8
+
+    n = min(len(dataset), limit) if limit else len(dataset)
+    gen = torch.Generator().manual_seed(seed)
+    originals, recons = [], []
+    device = next(model.parameters()).device
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        if hasattr(dataset, "batch"):
+            x, _ = dataset.batch(torch.tensor(idx))
+        else:
+            x = torch.stack([dataset[i][0] for i in idx])
+        with torch.no_grad():
+            z = model.encode(x.to(device))
+            x_hat = model.decode(z, steps=steps, grid=grid, generator=gen)
+        originals.append(to_uint8(x))
+        recons.append(to_uint8(x_hat))
+    return np.concatenate(originals), np.concatenate(recons)
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .images import save_grid
+    from .models import load_pretrained
+
+    model = load_pretrained(args.model)
+    cfg = model.config
+    ds = open_dataset(args.data, args.split, cfg.image_size, cfg.image_channels)
+    original, reconstruction = reconstruct_dataset(
+        model, ds, args.limit, args.steps, args.grid, args.seed, args.batch_size
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, original=original, reconstruction=reconstruction)
+    if args.png:
+        save_grid([original[:16], reconstruction[:16]], args.png, scale=2)
+    err = original.astype(np.float64) - reconstruction.astype(np.float64)
+    psnr = 10 * np.log10(255.0**2 / np.maximum((err**2).reshape(len(err), -1).mean(1), 1e-12))
+    print(f"{len(original)} images -> {out}; mean PSNR {psnr.mean():.2f} dB")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from .features import train_feature_net
+
+    train_feature_net(args.data, args.out, epochs=args.epochs)
+    return 0

@@ -125,6 +125,58 @@ class AutoencoderConfig:
         return (self.image_channels, self.image_size, self.image_size)
 
 
+@dataclass
+class LossConfig:
+    """Weights and choices of every loss term; defaults are the paper's recipe."""
+
+    velocity_weight: float = 1.0  # ε-VAE: MSE between predicted and true velocity
+    perceptual: str = "lpips-vgg"  # backbone spec, see epsvae.perceptual
+    perceptual_weight: float = 0.5
+    adv_weight: float = 0.5
+    disc_start: int = 0  # step at which the adversarial term (and discriminator training) starts
+    r1_weight: float = 10.0
+    r1_every: int = 4  # lazy R1: every k discriminator steps, scaled by k
+    x0_l1_weight: float = 0.0  # ε-VAE: optional L1 on the one-step estimate x0_hat (not in the paper)
+    recon: str = "l1"  # VAE reconstruction loss: 'l1' or 'l2'
+    recon_weight: float = 1.0
+    kl_weight: float = 1e-6  # used only with a Gaussian posterior
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe (PAPER.md section 4). Batch size is per process."""
+
+    data: str | None = None  # dataset spec: fashion-mnist, folder:PATH, skimage-photos
+    resolution: int | None = None  # crop size for folder/photo data; None = the model's image_size
+    steps: int = 1_000_000
+    batch_size: int = 256
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+    warmup: int = 5000  # linear learning-rate warm-up steps, then constant
+    beta1: float = 0.0
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    ema_warmup: bool = True  # decay min(ema, (1 + step) / (10 + step)): early EMA tracks the weights
+    seed: int = 0
+    mixed_precision: str = "auto"  # 'auto' (bf16 on GPU, fp32 on CPU), 'bf16' or 'no'
+    num_workers: int = 0  # data-loading processes for image folders
+    strict_data: bool = False  # error on an unreadable image instead of skipping it
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 1000
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class RunConfig:
+    """What a run directory's config.json holds: the model and how it is trained."""
+
+    preset: str | None = None
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
 # --------------------------------------------------------------------------- (de)serialisation
 
 
@@ -191,7 +243,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 def parse_value(text: str) -> Any:
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True, '[1,2]' -> [1, 2], 'null' -> None, else the string."""
-    lowered = {"true": True, "false": False, "null": None, "none": None}
+    lowered = {"true": True, "false": False, "null": None}
     if text.lower() in lowered:
         return lowered[text.lower()]
     try:

@@ -139,7 +139,7 @@ class Autoencoder(nn.Module):
         _atomic_write_text(directory / CONFIG_NAME, json.dumps({**meta, **to_dict(self.config)}, indent=2) + "\n")
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "kind": self.kind})
+        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders metadata at random
         tmp.replace(directory / WEIGHTS_NAME)
         return directory
 

@@ -1,0 +1,370 @@
+"""Datasets named by a spec string: `fashion-mnist`, `folder:PATH`, `skimage-photos`.
+
+Every dataset returns (image, label) with the image a float tensor in [-1, 1] of shape
+(C, H, W) and the label an int (-1 where there is none). Item lookups take an
+(index, seed) pair: all randomness of an augmentation comes from that seed, so a
+training run that resumes at step k sees exactly the images it would have seen.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FMNIST_FILES = {  # official gzip files and their MD5 (as torchvision checks them)
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be found, read or used."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EPSVAE_CACHE", Path.home() / ".cache" / "epsvae"))
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def find_fashion_mnist(download: bool = True) -> Path:
+    """The directory holding the four Fashion-MNIST files: $EPSVAE_DATA, Debian's, or a verified download."""
+    candidates = [Path(os.environ["EPSVAE_DATA"])] if os.environ.get("EPSVAE_DATA") else []
+    candidates += [FMNIST_SYSTEM_DIR, cache_dir() / "fashion-mnist"]
+    for d in candidates:
+        if all((d / name).is_file() for name in FMNIST_FILES):
+            return d
+    if download:
+        target = cache_dir() / "fashion-mnist"
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name, md5 in FMNIST_FILES.items():
+                if (target / name).is_file() and _md5(target / name) == md5:
+                    continue
+                tmp = target / (name + ".part")
+                urllib.request.urlretrieve(FMNIST_URL + name, tmp)  # noqa: S310 (fixed https-less official host)
+                if _md5(tmp) != md5:
+                    tmp.unlink()
+                    raise DataError(f"checksum mismatch for downloaded {name}")
+                tmp.replace(target / name)
+            return target
+        except (OSError, urllib.error.URLError) as exc:
+            reason = f"download failed ({exc})"
+        except DataError as exc:
+            reason = str(exc)
+    else:
+        reason = "download disabled"
+    looked = ", ".join(str(c) for c in candidates)
+    raise DataError(
+        f"Fashion-MNIST not found (looked in {looked}; {reason}). Install it with "
+        "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four official "
+        "*-ubyte.gz files in a directory and set EPSVAE_DATA to it."
+    )
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """Fashion-MNIST, 28x28 padded to 32x32 with the background value (-1). Labels kept."""
+
+    def __init__(self, split: str = "train", download: bool = True):
+        if split not in ("train", "test"):
+            raise DataError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
+        root = find_fashion_mnist(download)
+        prefix = "train" if split == "train" else "t10k"
+        images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+        self.labels = torch.from_numpy(_read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+        self.images = torch.from_numpy(np.pad(images, ((0, 0), (2, 2), (2, 2))))  # (N, 32, 32) uint8
+        self.channels, self.resolution = 1, 32
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fast path for in-memory data: (B,) indices -> images (B, 1, 32, 32) in [-1, 1], labels (B,)."""
+        x = self.images[indices].unsqueeze(1).float() / 127.5 - 1.0
+        return x, self.labels[indices]
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int, int]:
+        index = item[0] if isinstance(item, tuple) else item
+        x, y = self.batch(torch.tensor([index]))
+        return x[0], int(y[0]), 0
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _load_image(path: Path, mode: str, max_pixels: int) -> Image.Image:
+    """Open and fully decode an image; refuse decompression bombs (more than `max_pixels`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img.convert(mode)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _crop(img: Image.Image, resolution: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """Resize the short side to `resolution`, crop a square (random if `rng`, else centred), flip at random."""
+    w, h = img.size
+    scale = resolution / min(w, h)
+    if scale != 1:
+        img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    if rng is None:
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+    else:
+        left, top = int(rng.integers(0, w - resolution + 1)), int(rng.integers(0, h - resolution + 1))
+    arr = np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
+    if rng is not None and rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    x = torch.from_numpy(arr.copy()).float() / 127.5 - 1.0
+    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Every image under `root` (recursively). Class labels from first-level sub-folders, if any.
+
+    Unreadable or corrupt files are skipped (the next file is used) and counted in
+    `skipped`, per process; `strict=True` raises instead.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: int,
+        channels: int = 3,
+        train: bool = True,
+        strict: bool = False,
+        max_pixels: int = 89_478_485,  # PIL's default bomb limit
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"image folder {self.root} does not exist")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
+        classes = sorted(
+            {p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1}
+        )
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.resolution, self.channels, self.train, self.strict = resolution, channels, train, strict
+        self.mode = {1: "L", 3: "RGB"}[channels]
+        self.max_pixels = max_pixels
+        self.skipped = 0
+        self.skipped_files: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _label(self, path: Path) -> int:
+        parts = path.relative_to(self.root).parts
+        return self.class_index.get(parts[0], -1) if len(parts) > 1 else -1
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int, int]:
+        """item: index or (index, seed). Returns (image, label, number of files skipped to get it)."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        rng = np.random.default_rng(seed) if self.train else None
+        for attempt in range(min(len(self.files), 50)):
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                img = _load_image(path, self.mode, self.max_pixels)
+            except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                if self.strict:
+                    raise DataError(f"cannot read image {path}: {exc}") from None
+                self.skipped += 1
+                self.skipped_files.append(str(path))
+                continue
+            return _crop(img, self.resolution, rng), self._label(path), attempt
+        raise DataError(f"no readable image found near index {index} in {self.root}")
+
+
+# --------------------------------------------------------------------------- scikit-image photos
+
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "motorcycle_left",
+    "motorcycle_right",
+    "rocket",
+    "hubble_deep_field",
+)
+
+
+class SkimagePhotos(torch.utils.data.Dataset):
+    """Random crops of the colour photos bundled with scikit-image: a tiny natural-image set.
+
+    'train' draws a random crop (and flip) per (index, seed); 'test' uses fixed crops
+    on a grid. The photos are the same in both splits: this set is for smoke runs and
+    resolution tests, not for held-out evaluation.
+    """
+
+    def __init__(self, split: str = "train", resolution: int = 32, length: int = 10_000):
+        try:
+            from skimage import data as skdata
+        except ImportError:
+            raise DataError("the skimage-photos dataset needs scikit-image: pip install scikit-image") from None
+        self.photos = []
+        for name in SKIMAGE_PHOTOS:
+            try:
+                arr = getattr(skdata, name)()
+            except Exception:  # a photo that this scikit-image version cannot load locally
+                continue
+            if arr.ndim == 3 and arr.shape[2] >= 3:
+                self.photos.append(np.ascontiguousarray(arr[..., :3]))
+        if not self.photos:
+            raise DataError("no colour photos could be loaded from scikit-image's bundled data")
+        self.split, self.resolution, self.channels = split, resolution, 3
+        self.length = length if split == "train" else 64 * len(self.photos)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int, int]:
+        index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
+        photo_id = index % len(self.photos)
+        img = Image.fromarray(self.photos[photo_id])
+        if self.split == "train":
+            return _crop(img, self.resolution, np.random.default_rng(seed)), photo_id, 0
+        # test: deterministic crops at 1/2 the short side, then resized to the resolution
+        rng = np.random.default_rng(index)
+        w, h = img.size
+        side = min(w, h) // 2
+        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        return _crop(img.crop((left, top, left + side, top + side)), self.resolution, None), photo_id, 0
+
+
+def index_seed(index: int) -> int:
+    return int(index) * 7919 + 17
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def open_dataset(
+    spec: str, split: str = "train", resolution: int | None = None, channels: int | None = None, strict: bool = False
+):
+    """Build a dataset from a spec string: 'fashion-mnist', 'folder:PATH' or 'skimage-photos'."""
+    if spec == "fashion-mnist":
+        ds = FashionMNIST(split)
+        if resolution not in (None, 32):
+            raise DataError(f"fashion-mnist is 32x32 (padded); got --resolution {resolution}")
+        if channels not in (None, 1):
+            raise DataError(f"fashion-mnist has 1 channel; the model expects {channels}")
+        return ds
+    if spec.startswith("folder:"):
+        if resolution is None:
+            raise DataError("folder datasets need a resolution (from the preset or --resolution)")
+        return ImageFolder(spec[len("folder:") :], resolution, channels or 3, train=(split == "train"), strict=strict)
+    if spec == "skimage-photos":
+        if channels not in (None, 3):
+            raise DataError(f"skimage-photos has 3 channels; the model expects {channels}")
+        return SkimagePhotos(split, resolution or 32)
+    raise DataError(f"unknown dataset spec {spec!r}; use 'fashion-mnist', 'folder:PATH' or 'skimage-photos'")
+
+
+# --------------------------------------------------------------------------- step-indexed batches
+
+
+class StepBatches:
+    """Batches addressed by global step, so a resumed run continues at the same index.
+
+    Global step k covers positions [k * B * W, (k + 1) * B * W) of an endless stream of
+    epochs, each a fresh permutation seeded by (seed, epoch); rank r takes its B-slice.
+    Each item carries its own augmentation seed derived from (seed, epoch, index).
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True
+    ):
+        self.size, self.batch_size, self.world_size, self.rank = size, batch_size, world_size, rank
+        self.seed, self.shuffle = seed, shuffle
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perm = (epoch, torch.randperm(self.size, generator=g))
+            else:
+                self._perm = (epoch, torch.arange(self.size))
+        return self._perm[1]
+
+    def indices(self, step: int) -> list[tuple[int, int]]:
+        """[(dataset index, augmentation seed)] for this rank at global step `step`."""
+        start = (step * self.world_size + self.rank) * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            epoch, within = divmod(pos, self.size)
+            index = int(self._permutation(epoch)[within])
+            out.append((index, (self.seed * 1_000_003 + epoch) * 10_000_019 + index))
+        return out
+
+
+def collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """[(image, label, skipped)] -> images (B, C, H, W), labels (B,), files skipped in total."""
+    return (torch.stack([i[0] for i in items]), torch.tensor([i[1] for i in items]), sum(i[2] for i in items))
+
+
+class BatchStream:
+    """Iterate training batches from global step `start` on: in-memory fast path or a DataLoader."""
+
+    def __init__(self, dataset, batches: StepBatches, start: int, num_workers: int = 0):
+        self.dataset, self.batches, self.step = dataset, batches, start
+        self.loader = None
+        if not hasattr(dataset, "batch"):
+            sampler = (batches.indices(s) for s in _count(start))
+            self.loader = iter(
+                torch.utils.data.DataLoader(
+                    dataset,
+                    batch_sampler=sampler,
+                    collate_fn=collate,
+                    num_workers=num_workers,
+                    persistent_workers=num_workers > 0,
+                )
+            )
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.loader is not None:
+            batch = next(self.loader)
+        else:
+            idx = torch.tensor([i for i, _ in self.batches.indices(self.step)])
+            x, y = self.dataset.batch(idx)
+            batch = (x, y, 0)
+        self.step += 1
+        return batch
+
+
+def _count(start: int):
+    while True:
+        yield start
+        start += 1

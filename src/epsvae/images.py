@@ -1,0 +1,39 @@
+"""Image helpers: [-1, 1] float tensors <-> uint8, and PNG grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W), clipped."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def save_grid(rows: list[torch.Tensor | np.ndarray], path: str | Path, pad: int = 2, scale: int = 1) -> Path:
+    """Save rows of images ((N, C, H, W), float in [-1, 1] or uint8) as one PNG, one row per entry."""
+    rows = [to_uint8(r) if isinstance(r, torch.Tensor) else r for r in rows]
+    n = max(len(r) for r in rows)
+    c, h, w = rows[0].shape[1:]
+    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y : y + h, x : x + w] = img.transpose(1, 2, 0)
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2), shape (N,)."""
+    mse = (x.float().clamp(-1, 1) - y.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))

@@ -1,0 +1,193 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_config
+from helpers import write_image_folder
+
+from epsvae import EpsilonVAE, load_pretrained, losses
+from epsvae.cli import main
+from epsvae.config import TrainConfig
+from epsvae.models import BaselineVAE, build_discriminator
+from epsvae.perceptual import FeatureDistance, FeatureNet
+from epsvae.train import TrainingDiverged, autoencoder_loss, discriminator_loss, load_checkpoint
+
+# eps-fmnist, shrunk to run a step in milliseconds
+TINY = [
+    "--set", "model.encoder.channels=4",
+    "--set", "model.decoder.channels=4",
+    "--set", "model.decoder.head_channels=4",
+    "--set", "model.discriminator.channels=4",
+    "--set", "train.loss.disc_start=1",
+    "--set", "train.loss.r1_every=2",
+    "--set", "train.log_every=1",
+    "--set", "train.warmup=2",
+    "--batch-size", "4",
+    "--no-progress",
+]  # fmt: skip
+
+
+def _train(out, *extra):
+    return main(["train", "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(out), *TINY, *extra])
+
+
+def _setup(kind):
+    """A tiny model with non-zero output convs (so every term reaches the encoder), D, and a frozen distance."""
+    model = (EpsilonVAE if kind == "epsilon" else BaselineVAE)(tiny_config(kind))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    perceptual = FeatureDistance(FeatureNet(1, (4, 8), 10))
+    return model, build_discriminator(model.config), perceptual
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "vae"])
+def test_every_loss_term_trains_the_autoencoder_and_nothing_frozen(kind):
+    model, disc, perceptual = _setup(kind)
+    model.config.encoder.gaussian = False
+    lc = TrainConfig().loss
+    lc.x0_l1_weight = 1.0
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    _, terms, _ = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=True)
+    expected = {"velocity", "x0_l1", "perceptual", "adv"} if kind == "epsilon" else {"recon", "perceptual", "adv"}
+    assert set(terms) == expected
+    for name, term in terms.items():
+        model.zero_grad()
+        disc.zero_grad()
+        assert torch.isfinite(term) and term != 0, name
+        term.backward(retain_graph=True)
+        enc = sum(p.grad.abs().sum() for p in model.encoder.parameters() if p.grad is not None)
+        dec = sum(p.grad.abs().sum() for p in model.decoder.parameters() if p.grad is not None)
+        assert enc > 0 and dec > 0, name
+        assert all(p.grad is None for p in disc.parameters()), f"{name} reached the discriminator"
+        assert all(p.grad is None for p in perceptual.parameters()), f"{name} reached the perceptual net"
+    assert all(p.requires_grad for p in disc.parameters())  # unfrozen again for its own step
+
+
+def test_kl_term_trains_the_encoder():
+    cfg = tiny_config()
+    cfg.encoder.gaussian = True
+    model = EpsilonVAE(cfg)
+    _, terms, _ = autoencoder_loss(model, torch.rand(2, 1, 16, 16), TrainConfig().loss)
+    terms["kl"].backward()
+    assert terms["kl"] > 0 and model.encoder.layers[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "vae"])
+def test_discriminator_step_trains_only_the_discriminator(kind):
+    model, disc, _ = _setup(kind)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    _, _, out = autoencoder_loss(model, x, TrainConfig().loss)
+    for r1 in (False, True):
+        model.zero_grad()
+        disc.zero_grad()
+        loss, terms = discriminator_loss(disc, x, out, TrainConfig().loss, r1_step=r1)
+        loss.backward()
+        assert torch.isfinite(loss) and ("r1" in terms) == r1
+        assert all(p.grad is None for p in model.parameters())
+        assert sum(p.grad.abs().sum() for p in disc.parameters()) > 0
+    if r1:
+        assert terms["r1"] > 0
+
+
+def test_discriminator_sees_trajectory_pairs():
+    real, fake = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    x_t = torch.full((2, 1, 4, 4), 0.5)
+    assert torch.equal(losses.disc_pair(real, x_t)[:, 1:], x_t) and losses.disc_pair(fake, x_t).shape[1] == 2
+    assert losses.generator_adv(torch.tensor([100.0])) < 1e-6  # fooled D: no generator loss
+    assert losses.discriminator_adv(torch.tensor([100.0]), torch.tensor([-100.0])) < 1e-6
+
+
+def test_resume_is_bitwise_identical(fmnist, tmp_path):
+    assert _train(tmp_path / "a", "--steps", "3") == 0
+    assert _train(tmp_path / "a", "--steps", "6") == 0
+    assert _train(tmp_path / "b", "--steps", "6") == 0
+    a = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
+    b = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    assert a == b
+    stats = [json.loads(line) for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [1, 2, 3, 4, 5, 6]
+    assert {"velocity", "perceptual", "adv", "disc", "d_real", "images_per_s", "peak_memory_mb"} <= set(stats[-1])
+    assert len(stats[-1]["velocity_by_t"]) == 5
+    assert (tmp_path / "a" / "samples" / "step0000000.png").is_file()
+    assert (tmp_path / "a" / "tb").is_dir()
+    # export = the EMA weights of the checkpoint, loadable
+    assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "model.safetensors").read_bytes() == a
+    assert isinstance(load_pretrained(tmp_path / "exp"), EpsilonVAE)
+
+
+def test_resume_with_other_config_is_refused(fmnist, tmp_path, capsys):
+    assert _train(tmp_path / "r", "--steps", "1") == 0
+    capsys.readouterr()
+    assert _train(tmp_path / "r", "--steps", "2", "--set", "train.lr=0.1") == 2
+    assert "only --steps may change" in capsys.readouterr().err
+    assert main(["train", "--preset", "eps-fmnist", "--out", str(tmp_path / "n"), "--set", "train.lerning=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "nothing")]) == 2
+    assert "give --preset" in capsys.readouterr().err
+
+
+def test_nan_stops_the_run_and_keeps_the_checkpoint(fmnist, tmp_path, monkeypatch, capsys):
+    assert _train(tmp_path / "r", "--steps", "2") == 0
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(losses, "velocity_mse", lambda a, b: (a - b).pow(2).mean() * float("nan"))
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 2.*checkpoint .* is intact"):
+        from epsvae.train import prepare_run, train
+
+        train(tmp_path / "r", prepare_run(tmp_path / "r", steps=4), progress=False)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    assert load_checkpoint(tmp_path / "r")["step"] == 2
+    monkeypatch.undo()
+    monkeypatch.setenv("EPSVAE_DATA", str(fmnist))
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "m")]) == 0
+    # through the CLI the same stop is a one-line error, not a traceback
+    monkeypatch.setattr(losses, "velocity_mse", lambda a, b: (a - b).pow(2).mean() * float("nan"))
+    capsys.readouterr()
+    assert _train(tmp_path / "r", "--steps", "4") == 2
+    assert "non-finite loss" in capsys.readouterr().err
+
+
+def test_vae_trains_on_a_folder_with_a_corrupt_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(tmp_path / "imgs", n=6, size=24, corrupt=1)
+    args = ["train", "--preset", "vae-fmnist", "--data", f"folder:{root}", "--out", str(tmp_path / "r")]
+    args += ["--steps", "3", "--set", "train.loss.perceptual=none", *TINY[:8]]
+    args += ["--set", "model.image_channels=3", "--batch-size", "7", "--no-progress"]
+    assert main(args) == 0
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    assert final["skipped_images"] >= 1
+    assert isinstance(load_pretrained(tmp_path / "r" / "model"), BaselineVAE)
+
+
+def test_reconstruct_writes_uint8_arrays(fmnist, tmp_path):
+    assert _train(tmp_path / "r", "--steps", "1") == 0
+    out = tmp_path / "rec.npz"
+    args = ["reconstruct", "--model", str(tmp_path / "r" / "model"), "--data", "fashion-mnist", "--split", "test"]
+    assert main([*args, "--limit", "5", "--steps", "3", "--seed", "0", "--out", str(out)]) == 0
+    import numpy as np
+
+    arrays = np.load(out)
+    assert arrays["original"].dtype == np.uint8 and arrays["original"].shape == (5, 1, 32, 32)
+    assert arrays["reconstruction"].shape == (5, 1, 32, 32)
+    again = tmp_path / "rec2.npz"
+    assert main([*args, "--limit", "5", "--steps", "3", "--seed", "0", "--out", str(again)]) == 0
+    assert (np.load(again)["reconstruction"] == arrays["reconstruction"]).all()
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks(fmnist, tmp_path):
+    torchrun = shutil.which("torchrun") or pytest.fail("torchrun is not on PATH")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "epsvae", "train",
+           "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    assert final["world_size"] == 2 and final["effective_batch_size"] == 8
+    digests = final["rank_param_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert sys.executable  # the package ran from this interpreter's environment
