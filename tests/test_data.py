@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from helpers import write_image_folder
 from PIL import Image
 
 from epsvae import data
 from epsvae.data import DataError, FashionMNIST, ImageFolder, StepBatches, open_dataset
+from helpers import write_image_folder
 
 
 def test_fashion_mnist_padded_with_labels(fmnist):

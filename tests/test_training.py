@@ -6,15 +6,15 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config
-from helpers import write_image_folder
 
+from conftest import tiny_config
 from epsvae import EpsilonVAE, load_pretrained, losses
 from epsvae.cli import main
 from epsvae.config import TrainConfig
 from epsvae.models import BaselineVAE, build_discriminator
 from epsvae.perceptual import FeatureDistance, FeatureNet
 from epsvae.train import TrainingDiverged, autoencoder_loss, discriminator_loss, load_checkpoint
+from helpers import write_image_folder
 
 # eps-fmnist, shrunk to run a step in milliseconds
 TINY = [
@@ -182,8 +182,25 @@ def test_reconstruct_writes_uint8_arrays(fmnist, tmp_path):
 def test_torchrun_two_cpu_ranks(fmnist, tmp_path):
     torchrun = shutil.which("torchrun") or pytest.fail("torchrun is not on PATH")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "epsvae", "train",
-           "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "epsvae",
+        "train",
+        "--preset",
+        "eps-fmnist",
+        "--data",
+        "fashion-mnist",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "3",
+        *TINY,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads((tmp_path / "r" / "final.json").read_text())
