@@ -5,6 +5,7 @@ from PIL import Image
 
 from epsvae import data
 from epsvae.data import DataError, FashionMNIST, ImageFolder, StepBatches, open_dataset
+
 from helpers import write_image_folder
 
 

@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
 from epsvae import BaselineVAE, ConfigError, EpsilonVAE, load_pretrained
 from epsvae.models import build_discriminator
 from epsvae.nn.layers import AttentionBlock, ResBlock
+
+from conftest import tiny_config
 
 
 def test_component_shapes():

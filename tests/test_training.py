@@ -7,13 +7,14 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_config
 from epsvae import EpsilonVAE, load_pretrained, losses
 from epsvae.cli import main
 from epsvae.config import TrainConfig
 from epsvae.models import BaselineVAE, build_discriminator
 from epsvae.perceptual import FeatureDistance, FeatureNet
 from epsvae.train import TrainingDiverged, autoencoder_loss, discriminator_loss, load_checkpoint
+
+from conftest import tiny_config
 from helpers import write_image_folder
 
 # eps-fmnist, shrunk to run a step in milliseconds

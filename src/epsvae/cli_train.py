@@ -29,6 +29,13 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     command("train")(_train)
 
+    p = sub.add_parser("quickstart", help="the embedded default: train eps-fmnist on the CPU, then report")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10)")
+    p.add_argument("--steps", type=int, help="train to this many steps instead of a time budget")
+    p.add_argument("--preset", default="eps-fmnist")
+    command("quickstart")(_quickstart)
+
     p = sub.add_parser("export", help="export a run's EMA weights as a model directory")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -63,6 +70,13 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(args.out, cfg, minutes=args.minutes, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line under torchrun
         print(json.dumps({k: summary[k] for k in ("step", "seconds", "world_size", "effective_batch_size")}))
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import quickstart
+
+    quickstart(args.out, args.minutes, args.steps, args.preset)
     return 0
 
 
