@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py [--budget-s 240] [--out gpu_check.json]
 
-For each preset it runs the real training step (epsvae.train.autoencoder_loss, then
+For each preset it runs the real training step (epsvae.losses.autoencoder_loss, then
 discriminator_loss with lazy R1, Adam on both, bf16 autocast) on random images,
 counts the FLOPs of one step with torch.utils.flop_counter, times steps with CUDA
 synchronisation, and reports images/s, TFLOP/s, the fraction of the card's bf16
@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from epsvae.config import TrainConfig  # noqa: E402
+from epsvae.losses import autoencoder_loss, discriminator_loss  # noqa: E402
 from epsvae.models import EpsilonVAE, build_discriminator  # noqa: E402
-from epsvae.train import autoencoder_loss, discriminator_loss  # noqa: E402
 
 DATASHEET_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 DEVICE = "cuda"

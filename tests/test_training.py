@@ -10,9 +10,10 @@ import torch
 from epsvae import EpsilonVAE, load_pretrained, losses
 from epsvae.cli import main
 from epsvae.config import TrainConfig
+from epsvae.losses import autoencoder_loss, discriminator_loss
 from epsvae.models import BaselineVAE, build_discriminator
 from epsvae.perceptual import FeatureDistance, FeatureNet
-from epsvae.train import TrainingDiverged, autoencoder_loss, discriminator_loss, load_checkpoint
+from epsvae.train import TrainingDiverged, load_checkpoint
 
 from conftest import tiny_config
 from helpers import write_image_folder

@@ -54,6 +54,24 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--png", help="also save a grid of the first 16 pairs")
     command("reconstruct")(_reconstruct)
 
+    p = sub.add_parser("eval", help="reconstruction metrics per decoding-step count, over seeds")
+    p.add_argument("--model", required=True, help="exported model directory (ε-VAE or VAE)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--steps", default="1,3", help="comma-separated decoding step counts (ignored for a VAE)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated decoding seeds")
+    p.add_argument("--metrics", default="psnr,ssim,fid", help="from psnr,ssim,lpips,fid")
+    p.add_argument(
+        "--fid-features",
+        default="features:auto",
+        help="inception[:PATH] (standard rFID) or features:PATH|auto (domain network, reported as fd_domain)",
+    )
+    p.add_argument("--lpips", default="lpips-vgg", help="perceptual backbone for the lpips metric")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, help="JSON report")
+    command("eval")(_eval)
+
     p = sub.add_parser("features", help="the offline feature network (perceptual loss, domain FID)")
     fsub = p.add_subparsers(dest="features_command", required=True)
     q = fsub.add_parser("train", help="train it as a classifier on a labelled dataset")
@@ -130,6 +148,28 @@ def _reconstruct(args: argparse.Namespace) -> int:
     err = original.astype(np.float64) - reconstruction.astype(np.float64)
     psnr = 10 * np.log10(255.0**2 / np.maximum((err**2).reshape(len(err), -1).mean(1), 1e-12))
     print(f"{len(original)} images -> {out}; mean PSNR {psnr.mean():.2f} dB")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table
+
+    ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
+    report = evaluate(
+        args.model,
+        args.data,
+        args.split,
+        args.limit,
+        ints(args.steps),
+        ints(args.seeds),
+        [m.strip() for m in args.metrics.split(",")],
+        args.fid_features,
+        args.lpips,
+        device=args.device,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
     return 0
 
 

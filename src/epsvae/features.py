@@ -24,6 +24,18 @@ def _batches(dataset, indices: list[int]):
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
 
+def _fit(net, opt, sched, train, batches: StepBatches, steps: int) -> None:
+    for step in range(steps):
+        x, y = _batches(train, [i for i, _ in batches.indices(step)])
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"[features] step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+
+
 def train_feature_net(
     data_spec: str,
     out: str | Path,
@@ -50,15 +62,8 @@ def train_feature_net(
     batches = StepBatches(size, batch_size, seed=seed)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     start = time.time()
-    for step in range(steps):
-        x, y = _batches(train, [i for i, _ in batches.indices(step)])
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"[features] step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    with torch.enable_grad():  # callers may be under no_grad (evaluation builds it on demand)
+        _fit(net, opt, sched, train, batches, steps)
     net.eval()
     metrics = {"data": data_spec, "train_steps": steps, "train_seconds": round(time.time() - start, 1)}
     try:

@@ -31,9 +31,3 @@ def save_grid(rows: list[torch.Tensor | np.ndarray], path: str | Path, pad: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2), shape (N,)."""
-    mse = (x.float().clamp(-1, 1) - y.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))

@@ -7,6 +7,8 @@ Discriminator: non-saturating loss, lazy R1 on real inputs (StyleGAN2's regulari
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +58,69 @@ def loss_by_t(per_sample: torch.Tensor, t: torch.Tensor, bins: int = 5) -> list[
     sums = torch.zeros(bins, device=t.device).index_add_(0, idx, per_sample.detach().float())
     counts = torch.zeros(bins, device=t.device).index_add_(0, idx, torch.ones_like(per_sample, dtype=torch.float))
     return list(zip(sums.tolist(), counts.tolist(), strict=True))
+
+
+# --------------------------------------------------------------------------- one step's losses
+
+
+def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None):
+    """(weighted loss, {term: value}, forward output) of one autoencoder step.
+
+    `model` may be DDP-wrapped; `disc` must be the unwrapped discriminator: it is
+    frozen for this call, so the loss trains the autoencoder alone.
+    """
+    raw = getattr(model, "module", model)
+    kind = raw.config.kind
+    out = model(x, generator=generator)
+    terms: dict[str, torch.Tensor] = {}
+    if kind == "epsilon":
+        terms["velocity"] = velocity_mse(out.v_pred, out.v_target)
+        recon, x_t, t = out.x0_hat, out.x_t, out.t
+        if lc.x0_l1_weight:
+            terms["x0_l1"] = recon_loss(recon, x, "l1")
+    else:
+        recon, x_t, t = out.x_hat, None, torch.zeros(x.shape[0], device=x.device)
+        terms["recon"] = recon_loss(recon, x, lc.recon)
+    if perceptual is not None and lc.perceptual_weight:
+        terms["perceptual"] = perceptual(recon.float(), x.float()).mean()
+    if adv_on and disc is not None:
+        disc.requires_grad_(False)
+        try:
+            terms["adv"] = generator_adv(disc(disc_pair(recon, x_t), t))
+        finally:
+            disc.requires_grad_(True)
+    if raw.config.encoder.gaussian:
+        terms["kl"] = out.kl
+    weights = {
+        "velocity": lc.velocity_weight,
+        "x0_l1": lc.x0_l1_weight,
+        "recon": lc.recon_weight,
+        "perceptual": lc.perceptual_weight,
+        "adv": lc.adv_weight,
+        "kl": lc.kl_weight,
+    }
+    return sum(weights[k] * v for k, v in terms.items()), terms, out
+
+
+def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.nullcontext):
+    """(loss, {term: value}) of one discriminator step on real and fake pairs.
+
+    ε-VAE: real (x0, x_t), fake (x0_hat, x_t), conditioned on t (trajectory matching).
+    VAE: real x, fake x_hat. The autoencoder's outputs are detached: this loss trains
+    the discriminator alone. R1 (lazy, every `r1_every` steps) is computed in fp32.
+    """
+    if hasattr(out, "x0_hat"):
+        recon, x_t, t = out.x0_hat.detach(), out.x_t.detach(), out.t.detach()
+    else:
+        recon, x_t, t = out.x_hat.detach(), None, torch.zeros(x.shape[0], device=x.device)
+    real = disc_pair(x, x_t).detach().requires_grad_(r1_step)
+    with autocast():
+        real_logits = disc(real, t)
+        fake_logits = disc(disc_pair(recon, x_t), t)
+    loss = discriminator_adv(real_logits, fake_logits)
+    terms = {"d_real": real_logits.float().mean(), "d_fake": fake_logits.float().mean()}
+    if r1_step:
+        terms["r1"] = r1_penalty(real_logits, real)
+        loss = loss + 0.5 * lc.r1_weight * lc.r1_every * terms["r1"]
+    terms["disc"] = loss
+    return loss, terms

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .data import open_dataset
-from .images import psnr, save_grid
+from .images import save_grid
+from .metrics import psnr
 from .models import build_model, load_pretrained
 from .perceptual import build_perceptual
 from .train import prepare_run, train

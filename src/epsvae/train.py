@@ -10,7 +10,6 @@ so a resumed run continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -153,69 +152,6 @@ class _Meter:
 # --------------------------------------------------------------------------- the loop
 
 
-def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None):
-    """(weighted loss, {term: value}, forward output) of one autoencoder step.
-
-    `model` may be DDP-wrapped; `disc` must be the unwrapped discriminator: it is
-    frozen for this call, so the loss trains the autoencoder alone.
-    """
-    raw = getattr(model, "module", model)
-    kind = raw.config.kind
-    out = model(x, generator=generator)
-    terms: dict[str, torch.Tensor] = {}
-    if kind == "epsilon":
-        terms["velocity"] = losses.velocity_mse(out.v_pred, out.v_target)
-        recon, x_t, t = out.x0_hat, out.x_t, out.t
-        if lc.x0_l1_weight:
-            terms["x0_l1"] = losses.recon_loss(recon, x, "l1")
-    else:
-        recon, x_t, t = out.x_hat, None, torch.zeros(x.shape[0], device=x.device)
-        terms["recon"] = losses.recon_loss(recon, x, lc.recon)
-    if perceptual is not None and lc.perceptual_weight:
-        terms["perceptual"] = perceptual(recon.float(), x.float()).mean()
-    if adv_on and disc is not None:
-        disc.requires_grad_(False)
-        try:
-            terms["adv"] = losses.generator_adv(disc(losses.disc_pair(recon, x_t), t))
-        finally:
-            disc.requires_grad_(True)
-    if raw.config.encoder.gaussian:
-        terms["kl"] = out.kl
-    weights = {
-        "velocity": lc.velocity_weight,
-        "x0_l1": lc.x0_l1_weight,
-        "recon": lc.recon_weight,
-        "perceptual": lc.perceptual_weight,
-        "adv": lc.adv_weight,
-        "kl": lc.kl_weight,
-    }
-    return sum(weights[k] * v for k, v in terms.items()), terms, out
-
-
-def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.nullcontext):
-    """(loss, {term: value}) of one discriminator step on real and fake pairs.
-
-    ε-VAE: real (x0, x_t), fake (x0_hat, x_t), conditioned on t (trajectory matching).
-    VAE: real x, fake x_hat. The autoencoder's outputs are detached: this loss trains
-    the discriminator alone. R1 (lazy, every `r1_every` steps) is computed in fp32.
-    """
-    if hasattr(out, "x0_hat"):
-        recon, x_t, t = out.x0_hat.detach(), out.x_t.detach(), out.t.detach()
-    else:
-        recon, x_t, t = out.x_hat.detach(), None, torch.zeros(x.shape[0], device=x.device)
-    real = losses.disc_pair(x, x_t).detach().requires_grad_(r1_step)
-    with autocast():
-        real_logits = disc(real, t)
-        fake_logits = disc(losses.disc_pair(recon, x_t), t)
-    loss = losses.discriminator_adv(real_logits, fake_logits)
-    terms = {"d_real": real_logits.float().mean(), "d_fake": fake_logits.float().mean()}
-    if r1_step:
-        terms["r1"] = losses.r1_penalty(real_logits, real)
-        loss = loss + 0.5 * lc.r1_weight * lc.r1_every * terms["r1"]
-    terms["disc"] = loss
-    return loss, terms
-
-
 def train(
     run_dir: str | Path,
     cfg: RunConfig,
@@ -336,33 +272,22 @@ def train(
         skipped += n_skipped
         x = x.to(device, non_blocking=True)
         lr_scale = min(1.0, (step + 1) / max(1, tc.warmup))
-        for group in opt.param_groups:
-            group["lr"] = tc.lr * lr_scale
-        for group in opt_d.param_groups:
-            group["lr"] = tc.disc_lr * lr_scale
+        for optimizer, base_lr in ((opt, tc.lr), (opt_d, tc.disc_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * lr_scale
         adv_on = bool(lc.adv_weight) and step >= lc.disc_start
 
         # ---- autoencoder step (discriminator frozen), then discriminator step (outputs detached)
         with accelerator.autocast():
-            loss, terms, out = autoencoder_loss(model, x, lc, perceptual, raw_disc, adv_on, gen)
-        _check_finite(accelerator, loss, terms, step, ckpt_path)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if tc.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+            loss, terms, out = losses.autoencoder_loss(model, x, lc, perceptual, raw_disc, adv_on, gen)
+        _optimize(accelerator, loss, terms, model, opt, tc.grad_clip, step, ckpt_path)
         decay = min(tc.ema, (1 + step) / (10 + step)) if tc.ema_warmup else tc.ema
         _ema_update(ema, raw_model, decay)
         logged = {k: v.item() for k, v in terms.items()}
         if adv_on:
             r1_step = lc.r1_weight > 0 and step % lc.r1_every == 0
-            d_loss, d_terms = discriminator_loss(disc, x, out, lc, r1_step, accelerator.autocast)
-            _check_finite(accelerator, d_loss, d_terms, step, ckpt_path)
-            opt_d.zero_grad(set_to_none=True)
-            accelerator.backward(d_loss)
-            if tc.grad_clip:
-                accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip)
-            opt_d.step()
+            d_loss, d_terms = losses.discriminator_loss(disc, x, out, lc, r1_step, accelerator.autocast)
+            _optimize(accelerator, d_loss, d_terms, disc, opt_d, tc.grad_clip, step, ckpt_path)
             logged.update({k: v.item() for k, v in d_terms.items()})
         logged["loss"] = loss.item()
         meter.add(logged)
@@ -435,6 +360,16 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _optimize(accelerator, loss, terms, module, opt, grad_clip: float, step: int, ckpt_path: Path) -> None:
+    """One optimiser step on `loss`, after checking (on every rank) that it is finite."""
+    _check_finite(accelerator, loss, terms, step, ckpt_path)
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
 
 
 def _check_finite(accelerator, loss: torch.Tensor, terms: dict, step: int, ckpt_path: Path) -> None:
