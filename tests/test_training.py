@@ -210,3 +210,43 @@ def test_torchrun_two_cpu_ranks(fmnist, tmp_path):
     digests = final["rank_param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert sys.executable  # the package ran from this interpreter's environment
+
+
+def test_lpips_vgg_without_weights_or_package_fails_clearly(tmp_path, monkeypatch):
+    from epsvae.perceptual import PerceptualError, build_perceptual
+
+    monkeypatch.setenv("EPSVAE_VGG16_WEIGHTS", str(tmp_path / "missing.pth"))
+    with pytest.raises(PerceptualError, match=r"pip install 'epsvae\[lpips\]'|missing.pth does not exist"):
+        build_perceptual("lpips-vgg")
+    with pytest.raises(PerceptualError, match="unknown perceptual backbone"):
+        build_perceptual("vgg19")
+    with pytest.raises(PerceptualError, match="epsvae features train"):
+        build_perceptual(f"features:{tmp_path / 'nothing'}")
+
+
+def test_feature_distance_is_lpips_formula_and_frozen():
+    net = FeatureNet(1, (4, 8), 10)
+    dist = FeatureDistance(net)
+    x = torch.rand(3, 1, 16, 16, requires_grad=True)
+    d = dist(x, x.detach())
+    assert torch.allclose(d, torch.zeros(3), atol=1e-6)
+    y = torch.rand(3, 1, 16, 16)
+    d = dist(x, y)
+    assert d.shape == (3,) and (d > 0).all()
+    d.sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in net.parameters())
+    assert not dist.train().training  # stays in eval mode
+
+
+def test_checkpoint_from_another_config_or_damaged_fails_clearly(fmnist, tmp_path, capsys):
+    assert _train(tmp_path / "r", "--steps", "1") == 0
+    cfg_path = tmp_path / "r" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["decoder"]["channels"] = 8  # the config no longer matches the weights
+    cfg_path.write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "r"), "--steps", "2", "--no-progress"]) == 2
+    assert "does not match this model's config" in capsys.readouterr().err
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"truncated")
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "m")]) == 2
+    assert "not a readable epsvae training checkpoint" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from . import losses
 from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_value, to_dict
 from .data import BatchStream, StepBatches, open_dataset
 from .images import save_grid
-from .models import Autoencoder, build_discriminator, build_model
+from .models import Autoencoder, build_discriminator, build_model, check_state_dict
 from .perceptual import build_perceptual
 
 CHECKPOINT = "checkpoint.pt"
@@ -91,7 +91,10 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files raise assorted pickle/zip errors
+        raise ValueError(f"{path} is not a readable epsvae training checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def export(run_dir: str | Path, out: str | Path) -> Path:
@@ -99,6 +102,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     cfg = from_dict(RunConfig, json.loads((Path(run_dir) / "config.json").read_text()))
     state = load_checkpoint(run_dir)
     model = build_model(cfg.model)
+    check_state_dict(model, state["ema"], source=f"{Path(run_dir) / CHECKPOINT} [ema]")
     model.load_state_dict(state["ema"])
     return model.save_pretrained(out)
 
@@ -200,6 +204,8 @@ def train(
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.is_file():
         state = load_checkpoint(run_dir)
+        for net, key in ((model, "model"), (disc, "disc"), (ema, "ema")):
+            check_state_dict(net, state[key], source=f"{ckpt_path} [{key}]")
         model.load_state_dict(state["model"])
         disc.load_state_dict(state["disc"])
         ema.load_state_dict(state["ema"])
