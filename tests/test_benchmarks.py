@@ -26,6 +26,40 @@ def test_compression_quick(fmnist, tmp_path):
     assert "fd_domain" in proc.stdout
 
 
+def _quick(script: str, out: Path, *extra: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--out", str(out), *extra],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not Inception FID" in proc.stdout
+    return json.loads((out / f"{script}.json").read_text())
+
+
+@pytest.mark.slow
+def test_gamma_quick(fmnist, tmp_path):
+    result = _quick("gamma", tmp_path / "g", "--gammas", "1.0,0.4")
+    assert [r["arm"] for r in result["rows"]] == ["gamma=1.0", "gamma=0.4"]
+    assert json.loads((tmp_path / "g" / "gamma0.4" / "config.json").read_text())["model"]["flow"]["gamma"] == 0.4
+
+
+@pytest.mark.slow
+def test_ablation_quick(fmnist, tmp_path):
+    result = _quick("ablation", tmp_path / "a")
+    assert [r["grid"] for r in result["rows"]] == ["uniform"] * 4 + ["reversed-log"]
+    first = json.loads((tmp_path / "a" / "arm0" / "config.json").read_text())
+    assert first["train"]["loss"]["perceptual_weight"] == 0 and first["train"]["loss"]["adv_weight"] == 0
+    assert first["model"]["flow"]["gamma"] == 1.0
+    assert not (tmp_path / "a" / "arm4").exists()  # the grid arm re-evaluates arm 3
+
+
+@pytest.mark.slow
+def test_steps_quick(fmnist, tmp_path):
+    result = _quick("steps", tmp_path / "s", "--decode-steps", "1,2,5")
+    assert [r["arm"] for r in result["rows"]] == ["reversed-log", "uniform"]
+    assert list(result["rows"][0]["eval"]["results"]) == ["1", "2", "5"]
+
+
 @pytest.mark.slow
 def test_gpu_check_smoke_on_cpu(fmnist, tmp_path):
     out = tmp_path / "gpu.json"

@@ -99,7 +99,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
         self.labels = torch.from_numpy(_read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
         self.images = torch.from_numpy(np.pad(images, ((0, 0), (2, 2), (2, 2))))  # (N, 32, 32) uint8
-        self.channels, self.resolution = 1, 32
+        self.channels, self.resolution, self.num_classes = 1, 32, 10
 
     def __len__(self) -> int:
         return len(self.images)
@@ -176,6 +176,7 @@ class ImageFolder(torch.utils.data.Dataset):
             {p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1}
         )
         self.class_index = {c: i for i, c in enumerate(classes)}
+        self.num_classes = len(classes)  # 0 without class sub-folders
         self.resolution, self.channels, self.train, self.strict = resolution, channels, train, strict
         self.mode = {1: "L", 3: "RGB"}[channels]
         self.max_pixels = max_pixels
@@ -244,6 +245,7 @@ class SkimagePhotos(torch.utils.data.Dataset):
         if not self.photos:
             raise DataError("no colour photos could be loaded from scikit-image's bundled data")
         self.split, self.resolution, self.channels = split, resolution, 3
+        self.num_classes = len(self.photos)  # the label of a crop is its photo
         self.length = length if split == "train" else 64 * len(self.photos)
 
     def __len__(self) -> int:

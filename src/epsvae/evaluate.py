@@ -94,10 +94,17 @@ def evaluate(
     lpips: str = "lpips-vgg",
     batch_size: int = 250,
     device: str = "cpu",
+    grid: str | None = None,
+    resolution: int | None = None,
 ) -> dict:
+    """Metrics of reconstructions of `data`/`split` for each step count and seed (see `epsvae eval`).
+
+    `grid` overrides the model's inference time grid ('reversed-log' or 'uniform');
+    `resolution` evaluates at another size than the training one (zero-shot).
+    """
     model = load_pretrained(model_dir, device)
     cfg = model.config
-    ds = open_dataset(data, split, cfg.image_size, cfg.image_channels)
+    ds = open_dataset(data, split, resolution or cfg.image_size, cfg.image_channels)
     n = min(len(ds), limit) if limit else len(ds)
     unknown = set(metrics) - {"psnr", "ssim", "lpips", "fid"}
     if unknown:
@@ -133,7 +140,7 @@ def evaluate(
             for x in batches():
                 z = model.encode(x)
                 t0 = time.perf_counter()
-                x_hat = model.decode(z, steps=s, generator=gen) if stochastic else model.decode(z)
+                x_hat = model.decode(z, steps=s, grid=grid, generator=gen) if stochastic else model.decode(z)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 decode_s += time.perf_counter() - t0
@@ -161,9 +168,10 @@ def evaluate(
         "split": split,
         "n_images": n,
         "seeds": seed_list,
-        "grid": cfg.flow.grid if stochastic else None,
+        "grid": (grid or cfg.flow.grid) if stochastic else None,
         "fid_features": fid_features if extract is not None else None,
         "device": device,
+        "resolution": resolution or cfg.image_size,
         "results": results,
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -51,8 +51,7 @@ def train_feature_net(
     torch.manual_seed(seed)
     train = open_dataset(data_spec, "train", resolution)
     first = train[(0, 0)]
-    labels = getattr(train, "labels", None)
-    num_classes = int(labels.max()) + 1 if labels is not None else len(getattr(train, "class_index", {}))
+    num_classes = getattr(train, "num_classes", 0)
     if num_classes < 2:
         raise DataError(f"{data_spec} has no class labels; the feature network is trained as a classifier")
     net = FeatureNet(first[0].shape[0], widths, num_classes)

@@ -1,0 +1,88 @@
+"""What the benchmark scripts share: train an arm with the engine, evaluate it, report."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from epsvae.evaluate import evaluate  # noqa: E402
+from epsvae.train import prepare_run, train  # noqa: E402
+
+# --quick: shrink every network and the budget to a smoke test that runs in seconds
+QUICK = [
+    "model.encoder.channels=4", "model.decoder.channels=4", "model.decoder.head_channels=4",
+    "model.discriminator.channels=4", "train.batch_size=4", "train.loss.disc_start=1", "train.log_every=1",
+]  # fmt: skip
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def new_result() -> dict:
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": torch.cuda.get_device_name() if DEVICE == "cuda" else f"CPU ({platform.processor() or 'x86_64'})",
+        "torch": torch.__version__,
+        "rows": [],
+    }
+
+
+def train_arm(run: Path, preset: str, overrides: list[str], steps: int | None, quick: bool):
+    """Train (or resume) one arm; returns (RunConfig, engine summary, seconds)."""
+    cfg = prepare_run(run, preset, overrides + (QUICK if quick else []), steps=3 if quick else steps)
+    t0 = time.time()
+    summary = train(run, cfg, progress=False)
+    return cfg, summary, round(time.time() - t0, 1)
+
+
+def eval_arm(run: Path, cfg, limit: int | None, steps: list[int], seeds: list[int], grid: str | None = None) -> dict:
+    return evaluate(
+        run / "model",
+        cfg.train.data,
+        "test",
+        limit,
+        steps,
+        seeds,
+        ["psnr", "ssim", "fid"],
+        "features:auto",
+        device=DEVICE,
+        grid=grid,
+    )
+
+
+def save(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def print_table(result: dict, label: str = "arm") -> None:
+    print(f"\n{result['machine']}, {result['date']}: {result['command']}")
+    print(f"{label:<22}{'steps':>7}{'dec':>5}{'PSNR':>16}{'SSIM':>17}{'fd_domain':>18}{'dec img/s':>11}")
+    for r in result["rows"]:
+        for k, m in r["eval"]["results"].items():
+            cell = lambda name: f"{m[name]['mean']:.4f}±{m[name]['std']:.4f}"  # noqa: E731, B023
+            print(
+                f"{r['arm']:<22}{r['train_steps']:>7}{k[:4]:>5}{cell('psnr'):>16}"
+                f"{cell('ssim'):>17}{cell('fd_domain'):>18}{m['decode_images_per_s']:>11.0f}"
+            )
+    print("fd_domain: Fréchet distance in the offline feature network's space (not Inception FID)")
+
+
+def common_args(ap, out: str) -> None:
+    ap.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the presets')")
+    ap.add_argument("--limit", type=int, default=None, help="test images to evaluate (default: all 10k)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--quick", action="store_true", help="smoke test: tiny models, 3 steps, 16 images")
+
+
+def eval_settings(args) -> tuple[int | None, list[int]]:
+    if args.quick:
+        return 16, [0]
+    return args.limit, [int(s) for s in args.seeds.split(",")]
