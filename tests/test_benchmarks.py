@@ -71,3 +71,25 @@ def test_gpu_check_smoke_on_cpu(fmnist, tmp_path):
     result = json.loads(out.read_text())
     run = result["runs"][0]
     assert run["flops_per_step"] > 0 and run["images_per_s"] > 0 and result["engine_check"]["exported"]
+
+
+@pytest.mark.slow
+def test_resolution_quick(tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
+    result = _quick("resolution", tmp_path / "r", "--resolutions", "32,64")
+    assert [r["arm"] for r in result["rows"]] == ["vae @ 32px", "vae @ 64px", "eps @ 32px", "eps @ 64px"]
+    assert result["rows"][1]["eval"]["resolution"] == 64
+
+
+@pytest.mark.slow
+def test_decode_speed_quick(tmp_path):
+    pytest.importorskip("diffusers")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode_speed.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+    assert [r["arm"] for r in rows][:3] == ["sd-vae", "eps-sd-B 1-step", "eps-sd-B 3-step"]
+    assert abs(rows[0]["decoder_params_m"] - 49.49) < 0.01 and all(r["images_per_s"] > 0 for r in rows)

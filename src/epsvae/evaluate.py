@@ -125,7 +125,6 @@ def evaluate(
 
     real_stats = None
     if extract is not None:
-        real_stats = None
         for x in batches():
             f = extract(x)
             real_stats = (real_stats or FeatureStats(f.shape[1], device)).update(f)
