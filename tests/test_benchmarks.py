@@ -24,6 +24,20 @@ def test_compression_quick(fmnist, tmp_path):
     assert [r["compression"] for r in result["rows"]] == [8.0, 16.0]
     assert list(result["rows"][1]["eval"]["results"]) == ["1", "3"]
     assert "fd_domain" in proc.stdout
+    plot = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "plots.py"),
+            str(out / "compression.json"),
+            "--out",
+            str(tmp_path / "plots"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert (tmp_path / "plots" / "compression.png").stat().st_size > 1000
 
 
 def _quick(script: str, out: Path, *extra: str) -> dict:
