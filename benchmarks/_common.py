@@ -41,10 +41,19 @@ def train_arm(run: Path, preset: str, overrides: list[str], steps: int | None, q
     return cfg, summary, round(time.time() - t0, 1)
 
 
-def eval_arm(run: Path, cfg, limit: int | None, steps: list[int], seeds: list[int], grid: str | None = None) -> dict:
+def eval_arm(
+    run: Path,
+    data: str,
+    limit: int | None,
+    steps: list[int],
+    seeds: list[int],
+    grid: str | None = None,
+    resolution: int | None = None,
+) -> dict:
+    """PSNR, SSIM and fd_domain of the test split at each decoding step count, over seeds."""
     return evaluate(
         run / "model",
-        cfg.train.data,
+        data,
         "test",
         limit,
         steps,
@@ -53,6 +62,7 @@ def eval_arm(run: Path, cfg, limit: int | None, steps: list[int], seeds: list[in
         "features:auto",
         device=DEVICE,
         grid=grid,
+        resolution=resolution,
     )
 
 
