@@ -84,15 +84,49 @@ def print_table(result: dict, label: str = "arm") -> None:
     print("fd_domain: Fréchet distance in the offline feature network's space (not Inception FID)")
 
 
-def common_args(ap, out: str) -> None:
+def parse(doc: str, out: str, add=None):
+    """Parse the shared options (plus `add(parser)`'s); returns (args, limit, seeds, out dir, empty result)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if add is not None:
+        add(ap)
     ap.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the presets')")
     ap.add_argument("--limit", type=int, default=None, help="test images to evaluate (default: all 10k)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=out)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny models, 3 steps, 16 images")
+    args = ap.parse_args()
+    limit, seeds = (16, [0]) if args.quick else (args.limit, [int(s) for s in args.seeds.split(",")])
+    return args, limit, seeds, Path(args.out), new_result()
 
 
-def eval_settings(args) -> tuple[int | None, list[int]]:
-    if args.quick:
-        return 16, [0]
-    return args.limit, [int(s) for s in args.seeds.split(",")]
+def arm_row(
+    name: str,
+    run: Path,
+    preset: str,
+    overrides: list[str],
+    args,
+    limit,
+    seeds,
+    decode_steps=(1, 3),
+    grid: str | None = None,
+    resolution: int | None = None,
+    **extra,
+) -> dict:
+    """Train (or resume) one arm, evaluate it, and return its result row."""
+    cfg, summary, seconds = train_arm(run, preset, overrides, args.steps, args.quick)
+    report = eval_arm(run, cfg.train.data, limit, list(decode_steps), seeds, grid, resolution)
+    c, h, w = cfg.model.image_shape
+    lc, lh, lw = cfg.model.latent_shape
+    return {
+        "arm": name,
+        "preset": preset,
+        "overrides": overrides,
+        **extra,
+        "grid": report["grid"],
+        "compression": c * h * w / (lc * lh * lw),
+        "train_steps": summary["step"],
+        "train_seconds": seconds,  # ~0 when the run had already finished (a further evaluation of it)
+        "eval": report,
+    }

@@ -10,10 +10,7 @@ evaluated at 1 and 3 decoding steps over three seeds.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from _common import common_args, eval_arm, eval_settings, new_result, print_table, save, train_arm
+from _common import arm_row, parse, print_table, save
 
 BASE = ["model.flow.gamma=1.0", "train.loss.perceptual_weight=0", "train.loss.adv_weight=0"]
 ARMS = [  # (name, overrides, evaluation grid)
@@ -26,25 +23,10 @@ ARMS = [  # (name, overrides, evaluation grid)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_args(ap, "results/ablation")
-    args = ap.parse_args()
-    limit, seeds = eval_settings(args)
-    out, result = Path(args.out), new_result()
+    args, limit, seeds, out, result = parse(__doc__, "results/ablation")
     for i, (name, overrides, grid) in enumerate(ARMS):
         run = out / f"arm{min(i, 3)}"  # the last arm reuses arm 3's model
-        cfg, summary, seconds = train_arm(run, "eps-fmnist", overrides, args.steps, args.quick)
-        report = eval_arm(run, cfg.train.data, limit, [1, 3], seeds, grid=grid)
-        result["rows"].append(
-            {
-                "arm": name,
-                "overrides": overrides,
-                "grid": grid,
-                "train_steps": summary["step"],
-                "train_seconds": seconds,
-                "eval": report,
-            }
-        )
+        result["rows"].append(arm_row(name, run, "eps-fmnist", overrides, args, limit, seeds, grid=grid))
         save(result, out / "ablation.json")
     print_table(result)
 

@@ -14,10 +14,7 @@ smoke test that runs in seconds.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from _common import common_args, eval_arm, eval_settings, new_result, print_table, save, train_arm
+from _common import arm_row, parse, print_table, save
 
 ARMS = {  # name -> (preset, overrides)
     "vae-1x": ("vae-fmnist", []),
@@ -28,30 +25,11 @@ ARMS = {  # name -> (preset, overrides)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arms", default=",".join(ARMS))
-    common_args(ap, "results/compression")
-    args = ap.parse_args()
-    limit, seeds = eval_settings(args)
-    out, result = Path(args.out), new_result()
+    add = lambda ap: ap.add_argument("--arms", default=",".join(ARMS))  # noqa: E731
+    args, limit, seeds, out, result = parse(__doc__, "results/compression", add)
     for arm in args.arms.split(","):
         preset, overrides = ARMS[arm]
-        run = out / arm
-        cfg, summary, seconds = train_arm(run, preset, overrides, args.steps, args.quick)
-        report = eval_arm(run, cfg.train.data, limit, [1, 3], seeds)
-        c, h, w = cfg.model.image_shape
-        lc, lh, lw = cfg.model.latent_shape
-        result["rows"].append(
-            {
-                "arm": arm,
-                "preset": preset,
-                "overrides": overrides,
-                "compression": c * h * w / (lc * lh * lw),
-                "train_steps": summary["step"],
-                "train_seconds": seconds,
-                "eval": report,
-            }
-        )
+        result["rows"].append(arm_row(arm, out / arm, preset, overrides, args, limit, seeds))
         save(result, out / "compression.json")  # after every arm
     print_table(result)
 

@@ -8,25 +8,16 @@ decoding steps (reversed-log grid) over three seeds. PAPER.md section 3: γ = 0.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from _common import common_args, eval_arm, eval_settings, new_result, print_table, save, train_arm
+from _common import arm_row, parse, print_table, save
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gammas", default="1.0,0.8,0.6,0.4")
-    common_args(ap, "results/gamma")
-    args = ap.parse_args()
-    limit, seeds = eval_settings(args)
-    out, result = Path(args.out), new_result()
+    add = lambda ap: ap.add_argument("--gammas", default="1.0,0.8,0.6,0.4")  # noqa: E731
+    args, limit, seeds, out, result = parse(__doc__, "results/gamma", add)
     for gamma in args.gammas.split(","):
-        run = out / f"gamma{gamma}"
-        cfg, summary, seconds = train_arm(run, "eps-fmnist", [f"model.flow.gamma={gamma}"], args.steps, args.quick)
-        report = eval_arm(run, cfg.train.data, limit, [1, 3], seeds)
+        overrides = [f"model.flow.gamma={gamma}"]
         result["rows"].append(
-            {"arm": f"gamma={gamma}", "train_steps": summary["step"], "train_seconds": seconds, "eval": report}
+            arm_row(f"gamma={gamma}", out / f"gamma{gamma}", "eps-fmnist", overrides, args, limit, seeds)
         )
         save(result, out / "gamma.json")
     print_table(result, "γ")

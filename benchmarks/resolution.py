@@ -12,35 +12,18 @@ use a feature network trained to tell the photos' crops apart (`features:auto`).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from _common import common_args, eval_arm, eval_settings, new_result, print_table, save, train_arm
+from _common import arm_row, parse, print_table, save
 
 RGB_PHOTOS = ["model.image_channels=3", "train.data=skimage-photos"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--resolutions", default="32,64,128")
-    common_args(ap, "results/resolution")
-    args = ap.parse_args()
-    limit, seeds = eval_settings(args)
-    out, result = Path(args.out), new_result()
+    add = lambda ap: ap.add_argument("--resolutions", default="32,64,128")  # noqa: E731
+    args, limit, seeds, out, result = parse(__doc__, "results/resolution", add)
     for preset in ("vae-fmnist", "eps-fmnist"):
-        run = out / preset
-        cfg, summary, seconds = train_arm(run, preset, RGB_PHOTOS, args.steps, args.quick)
-        for res in [int(r) for r in args.resolutions.split(",")]:
-            report = eval_arm(run, cfg.train.data, limit, [1, 3], seeds, resolution=res)
-            result["rows"].append(
-                {
-                    "arm": f"{preset.split('-')[0]} @ {res}px",
-                    "resolution": res,
-                    "train_steps": summary["step"],
-                    "train_seconds": seconds,
-                    "eval": report,
-                }
-            )
+        for res in [int(r) for r in args.resolutions.split(",")]:  # trains once, then resumes as done
+            name = f"{preset.split('-')[0]} @ {res}px"
+            result["rows"].append(arm_row(name, out / preset, preset, RGB_PHOTOS, args, limit, seeds, resolution=res))
             save(result, out / "resolution.json")
     print_table(result)
 
