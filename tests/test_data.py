@@ -34,7 +34,7 @@ def test_download_is_verified(tmp_path, monkeypatch):
     monkeypatch.setenv("EPSVAE_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "FMNIST_SYSTEM_DIR", tmp_path / "nowhere")
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", lambda url, dst: open(dst, "wb").write(b"tampered"))
+    monkeypatch.setattr(data, "_download", lambda url, dst: dst.write_bytes(b"tampered"))
     with pytest.raises(DataError, match="checksum mismatch"):
         data.find_fashion_mnist(download=True)
     assert not any((tmp_path / "cache" / "fashion-mnist").glob("*.gz"))

@@ -53,6 +53,13 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def _download(url: str, dst: Path, timeout: float = 30.0) -> None:
+    """Fetch `url` into `dst`; a network that does not answer fails after `timeout` seconds."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dst, "wb") as f:
+        while chunk := response.read(1 << 20):
+            f.write(chunk)
+
+
 def find_fashion_mnist(download: bool = True) -> Path:
     """The directory holding the four Fashion-MNIST files: $EPSVAE_DATA, Debian's, or a verified download."""
     candidates = [Path(os.environ["EPSVAE_DATA"])] if os.environ.get("EPSVAE_DATA") else []
@@ -68,7 +75,7 @@ def find_fashion_mnist(download: bool = True) -> Path:
                 if (target / name).is_file() and _md5(target / name) == md5:
                     continue
                 tmp = target / (name + ".part")
-                urllib.request.urlretrieve(FMNIST_URL + name, tmp)  # noqa: S310 (fixed https-less official host)
+                _download(FMNIST_URL + name, tmp)
                 if _md5(tmp) != md5:
                     tmp.unlink()
                     raise DataError(f"checksum mismatch for downloaded {name}")
