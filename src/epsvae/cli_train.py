@@ -109,18 +109,14 @@ def reconstruct_dataset(
     model, dataset, limit: int | None, steps: int | None, grid: str | None, seed: int, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, C, H, W) originals and reconstructions of the first `limit` items of `dataset`."""
+    from .data import iter_batches
     from .images import to_uint8
 
     n = min(len(dataset), limit) if limit else len(dataset)
     gen = torch.Generator().manual_seed(seed)
     originals, recons = [], []
     device = next(model.parameters()).device
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(start + batch_size, n)))
-        if hasattr(dataset, "batch"):
-            x, _ = dataset.batch(torch.tensor(idx))
-        else:
-            x = torch.stack([dataset[i][0] for i in idx])
+    for x in iter_batches(dataset, n, batch_size):
         with torch.no_grad():
             z = model.encode(x.to(device))
             x_hat = model.decode(z, steps=steps, grid=grid, generator=gen)

@@ -301,6 +301,20 @@ def open_dataset(
     raise DataError(f"unknown dataset spec {spec!r}; use 'fashion-mnist', 'folder:PATH' or 'skimage-photos'")
 
 
+def load_batch(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, C, H, W) and labels (B,) of `indices`: the in-memory fast path where there is one."""
+    if hasattr(dataset, "batch"):
+        return dataset.batch(torch.tensor(indices))
+    items = [dataset[i] for i in indices]
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+
+
+def iter_batches(dataset, n: int, batch_size: int):
+    """The first `n` images of `dataset` in order, `batch_size` at a time: (B, C, H, W) tensors."""
+    for start in range(0, n, batch_size):
+        yield load_batch(dataset, list(range(start, min(start + batch_size, n))))[0]
+
+
 # --------------------------------------------------------------------------- step-indexed batches
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data import open_dataset
+from .data import iter_batches, open_dataset
 from .metrics import FeatureStats, fid_from_stats, psnr, ssim, summarize
 from .models import load_pretrained
 from .perceptual import FeatureNet, PerceptualError, build_perceptual, features_auto_dir
@@ -116,12 +116,8 @@ def evaluate(
     seed_list = list(seeds) if stochastic else [seeds[0]]
 
     def batches():
-        for start in range(0, n, batch_size):
-            idx = list(range(start, min(start + batch_size, n)))
-            if hasattr(ds, "batch"):
-                yield ds.batch(torch.tensor(idx))[0].to(device)
-            else:
-                yield torch.stack([ds[i][0] for i in idx]).to(device)
+        for x in iter_batches(ds, n, batch_size):
+            yield x.to(device)
 
     real_stats = None
     if extract is not None:

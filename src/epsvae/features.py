@@ -13,20 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import DataError, StepBatches, open_dataset
+from .data import DataError, StepBatches, load_batch, open_dataset
 from .perceptual import FeatureNet
-
-
-def _batches(dataset, indices: list[int]):
-    if hasattr(dataset, "batch"):
-        return dataset.batch(torch.tensor(indices))
-    items = [dataset[i] for i in indices]
-    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
 
 def _fit(net, opt, sched, train, batches: StepBatches, steps: int) -> None:
     for step in range(steps):
-        x, y = _batches(train, [i for i, _ in batches.indices(step)])
+        x, y = load_batch(train, [i for i, _ in batches.indices(step)])
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,7 +63,7 @@ def train_feature_net(
         correct = total = 0
         with torch.no_grad():
             for s in range(0, min(len(test), 10_000), 500):
-                x, y = _batches(test, list(range(s, min(s + 500, len(test)))))
+                x, y = load_batch(test, list(range(s, min(s + 500, len(test)))))
                 correct += (net(x).argmax(1) == y).sum().item()
                 total += len(y)
         metrics["test_accuracy"] = round(correct / total, 4)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .data import open_dataset
+from .data import load_batch, open_dataset
 from .images import save_grid
 from .metrics import psnr
 from .models import build_model, load_pretrained
@@ -55,10 +55,7 @@ def quickstart(
     torch.manual_seed(cfg.train.seed)  # the engine's initial weights: same seed, same construction
     initial = build_model(cfg.model).eval()
     test = open_dataset(cfg.train.data, "test", cfg.model.image_size, cfg.model.image_channels)
-    if hasattr(test, "batch"):
-        x, _ = test.batch(torch.arange(min(n_eval, len(test))))
-    else:
-        x = torch.stack([test[i][0] for i in range(min(n_eval, len(test)))])
+    x, _ = load_batch(test, list(range(min(n_eval, len(test)))))
     distance = (
         build_perceptual(cfg.train.loss.perceptual, cfg.train.data) if cfg.train.loss.perceptual != "none" else None
     )
