@@ -128,6 +128,7 @@ def reconstruct_dataset(
 def _reconstruct(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .images import save_grid
+    from .metrics import psnr
     from .models import load_pretrained
 
     model = load_pretrained(args.model)
@@ -141,9 +142,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
     np.savez_compressed(out, original=original, reconstruction=reconstruction)
     if args.png:
         save_grid([original[:16], reconstruction[:16]], args.png, scale=2)
-    err = original.astype(np.float64) - reconstruction.astype(np.float64)
-    psnr = 10 * np.log10(255.0**2 / np.maximum((err**2).reshape(len(err), -1).mean(1), 1e-12))
-    print(f"{len(original)} images -> {out}; mean PSNR {psnr.mean():.2f} dB")
+    as_float = lambda a: torch.from_numpy(a).double() / 127.5 - 1  # noqa: E731  uint8 -> [-1, 1]
+    mean_psnr = psnr(as_float(reconstruction), as_float(original)).mean().item()
+    print(f"{len(original)} images -> {out}; mean PSNR {mean_psnr:.2f} dB")
     return 0
 
 

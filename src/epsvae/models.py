@@ -105,10 +105,9 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """x in [-1, 1], (N, C, H, W) -> z (N, Cz, H/f, W/f). A Gaussian posterior gives its mean unless `sample`."""
-        mean, logvar = self.encode_posterior(x)
-        if logvar is None or not sample:
-            return mean
-        return mean + torch.exp(0.5 * logvar) * randn_like(mean, generator)
+        if not sample:
+            return self.encode_posterior(x)[0]
+        return self._posterior_sample(x, generator)[0]
 
     def _posterior_sample(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """(z, kl) for training: a posterior sample and its KL to N(0, I), averaged over elements."""
