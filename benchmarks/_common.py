@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -12,7 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from epsvae.config import apply_overrides, to_dict  # noqa: E402
 from epsvae.evaluate import evaluate  # noqa: E402
+from epsvae.presets import run_config  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
 
 # --quick: shrink every network and the budget to a smoke test that runs in seconds
@@ -33,12 +36,30 @@ def new_result() -> dict:
     }
 
 
-def train_arm(run: Path, preset: str, overrides: list[str], steps: int | None, quick: bool):
-    """Train (or resume) one arm; returns (RunConfig, engine summary, seconds)."""
-    cfg = prepare_run(run, preset, overrides + (QUICK if quick else []), steps=3 if quick else steps)
-    t0 = time.time()
-    summary = train(run, cfg, progress=False)
-    return cfg, summary, round(time.time() - t0, 1)
+def run_dir(runs: Path, preset: str, overrides: list[str], steps: int | None) -> Path:
+    """Where an arm's run lives: keyed by a digest of its full config, so that benchmarks
+    asking for the same training (e.g. the ablation's last arm and γ = 0.6) share one run."""
+    cfg = run_config(preset)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    if steps is not None:
+        cfg.train.steps = steps
+    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return runs / f"{preset}-{digest}"
+
+
+def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, quick: bool):
+    """Train (or resume, or find finished) one arm; returns (run dir, RunConfig, training seconds).
+
+    The seconds are the engine's wall time for the whole run, read back from its final.json,
+    so an arm another benchmark already trained reports the time it took then."""
+    overrides = overrides + (QUICK if quick else [])
+    steps = 3 if quick else steps
+    run = run_dir(runs, preset, overrides, steps)
+    cfg = prepare_run(run, preset, overrides, steps=steps)
+    train(run, cfg, progress=False)
+    final = json.loads((run / "final.json").read_text())
+    return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
 
 
 def eval_arm(
@@ -95,15 +116,16 @@ def parse(doc: str, out: str, add=None):
     ap.add_argument("--limit", type=int, default=None, help="test images to evaluate (default: all 10k)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=out)
+    ap.add_argument("--runs", default=None, help="trained arms, shared between benchmarks (default: OUT/../runs)")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny models, 3 steps, 16 images")
     args = ap.parse_args()
+    args.runs = Path(args.runs) if args.runs else Path(args.out).parent / "runs"
     limit, seeds = (16, [0]) if args.quick else (args.limit, [int(s) for s in args.seeds.split(",")])
     return args, limit, seeds, Path(args.out), new_result()
 
 
 def arm_row(
     name: str,
-    run: Path,
     preset: str,
     overrides: list[str],
     args,
@@ -114,8 +136,8 @@ def arm_row(
     resolution: int | None = None,
     **extra,
 ) -> dict:
-    """Train (or resume) one arm, evaluate it, and return its result row."""
-    cfg, summary, seconds = train_arm(run, preset, overrides, args.steps, args.quick)
+    """Train (or find) one arm, evaluate it, and return its result row."""
+    run, cfg, seconds, step = train_arm(args.runs, preset, overrides, args.steps, args.quick)
     report = eval_arm(run, cfg.train.data, limit, list(decode_steps), seeds, grid, resolution)
     c, h, w = cfg.model.image_shape
     lc, lh, lw = cfg.model.latent_shape
@@ -124,9 +146,10 @@ def arm_row(
         "preset": preset,
         "overrides": overrides,
         **extra,
+        "run": str(run),
         "grid": report["grid"],
         "compression": c * h * w / (lc * lh * lw),
-        "train_steps": summary["step"],
-        "train_seconds": seconds,  # ~0 when the run had already finished (a further evaluation of it)
+        "train_steps": step,
+        "train_seconds": seconds,  # the engine's wall time for the run (whichever benchmark trained it)
         "eval": report,
     }

@@ -29,7 +29,7 @@ def main() -> None:
     args, limit, seeds, out, result = parse(__doc__, "results/compression", add)
     for arm in args.arms.split(","):
         preset, overrides = ARMS[arm]
-        result["rows"].append(arm_row(arm, out / arm, preset, overrides, args, limit, seeds))
+        result["rows"].append(arm_row(arm, preset, overrides, args, limit, seeds))
         save(result, out / "compression.json")  # after every arm
     print_table(result)
 

@@ -17,7 +17,7 @@ def main() -> None:
     for gamma in args.gammas.split(","):
         overrides = [f"model.flow.gamma={gamma}"]
         result["rows"].append(
-            arm_row(f"gamma={gamma}", out / f"gamma{gamma}", "eps-fmnist", overrides, args, limit, seeds)
+            arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds)
         )
         save(result, out / "gamma.json")
     print_table(result, "γ")

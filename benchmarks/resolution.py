@@ -23,7 +23,7 @@ def main() -> None:
     for preset in ("vae-fmnist", "eps-fmnist"):
         for res in [int(r) for r in args.resolutions.split(",")]:  # trains once, then resumes as done
             name = f"{preset.split('-')[0]} @ {res}px"
-            result["rows"].append(arm_row(name, out / preset, preset, RGB_PHOTOS, args, limit, seeds, resolution=res))
+            result["rows"].append(arm_row(name, preset, RGB_PHOTOS, args, limit, seeds, resolution=res))
             save(result, out / "resolution.json")
     print_table(result)
 

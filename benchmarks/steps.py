@@ -2,7 +2,8 @@
 
     python benchmarks/steps.py [--model DIR] [--steps N] [--limit N] [--out results/steps] [--quick]
 
-Without --model it trains `eps-fmnist` (the presets' budget, or --steps) into OUT/eps.
+Without --model it trains `eps-fmnist` (the presets' budget, or --steps) into the shared
+runs directory (--runs), or finds it there when another benchmark trained it.
 PAPER.md section 3: quality is best at 1-3 steps and drops beyond 3 (a consequence of
 the adversarial term); the reversed-log grid beats the uniform one.
 """
@@ -21,10 +22,10 @@ def main() -> None:
         ap.add_argument("--decode-steps", default="1,2,3,5,10")
 
     args, limit, seeds, out, result = parse(__doc__, "results/steps", add)
-    run, train_steps = (Path(args.model), "-") if args.model else (out / "eps", None)
-    if not args.model:
-        _, summary, _ = train_arm(run, "eps-fmnist", [], args.steps, args.quick)
-        train_steps = summary["step"]
+    if args.model:
+        run, train_steps = Path(args.model), "-"
+    else:
+        run, _, _, train_steps = train_arm(args.runs, "eps-fmnist", [], args.steps, args.quick)
     decode_steps = [int(s) for s in args.decode_steps.split(",")]
     for grid in ("reversed-log", "uniform"):
         report = eval_arm(run, args.data, limit, decode_steps, seeds, grid=grid)

@@ -54,17 +54,23 @@ def _quick(script: str, out: Path, *extra: str) -> dict:
 def test_gamma_quick(fmnist, tmp_path):
     result = _quick("gamma", tmp_path / "g", "--gammas", "1.0,0.4")
     assert [r["arm"] for r in result["rows"]] == ["gamma=1.0", "gamma=0.4"]
-    assert json.loads((tmp_path / "g" / "gamma0.4" / "config.json").read_text())["model"]["flow"]["gamma"] == 0.4
+    run = Path(result["rows"][1]["run"])
+    assert run.parent == tmp_path / "runs"  # shared with the other benchmarks whose --out is a sibling
+    assert json.loads((run / "config.json").read_text())["model"]["flow"]["gamma"] == 0.4
 
 
 @pytest.mark.slow
 def test_ablation_quick(fmnist, tmp_path):
     result = _quick("ablation", tmp_path / "a")
     assert [r["grid"] for r in result["rows"]] == ["uniform"] * 4 + ["reversed-log"]
-    first = json.loads((tmp_path / "a" / "arm0" / "config.json").read_text())
+    runs = [r["run"] for r in result["rows"]]
+    first = json.loads((Path(runs[0]) / "config.json").read_text())
     assert first["train"]["loss"]["perceptual_weight"] == 0 and first["train"]["loss"]["adv_weight"] == 0
     assert first["model"]["flow"]["gamma"] == 1.0
-    assert not (tmp_path / "a" / "arm4").exists()  # the grid arm re-evaluates arm 3
+    assert len(set(runs)) == 4 and runs[3] == runs[4]  # the grid arm re-evaluates arm 3's run
+    # a later benchmark asking for an arm that was already trained finds it instead of retraining it
+    again = _quick("gamma", tmp_path / "g", "--gammas", "0.6")["rows"][0]
+    assert again["run"] == runs[3] and again["train_seconds"] == result["rows"][3]["train_seconds"]
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ def train(
     adam = dict(betas=(tc.beta1, tc.beta2), eps=1e-8)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, **adam)
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc.disc_lr, **adam)
-    step = 0
+    step, seconds_before = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.is_file():
         state = load_checkpoint(run_dir)
@@ -212,6 +212,7 @@ def train(
         opt.load_state_dict(state["opt"])
         opt_d.load_state_dict(state["opt_d"])
         step = int(state["step"])
+        seconds_before = float(state.get("seconds", 0.0))
         if main:
             print(f"[train] resuming {run_dir} at step {step}")
     model, disc, opt, opt_d = accelerator.prepare(model, disc, opt, opt_d)
@@ -237,6 +238,9 @@ def train(
 
         bar = tqdm(total=tc.steps, initial=step, unit="step", dynamic_ncols=True)
 
+    def total_seconds() -> float:  # training wall time over all sessions (a finished run adds nothing)
+        return seconds_before + (time.time() - t0 if step > start_step else 0.0)
+
     def save_checkpoint() -> None:
         if main:
             _atomic_save(
@@ -247,6 +251,7 @@ def train(
                     "opt": opt.state_dict(),
                     "opt_d": opt_d.state_dict(),
                     "step": step,
+                    "seconds": total_seconds(),
                     "rng": torch.get_rng_state(),
                     "config": json.dumps(to_dict(cfg)),
                 },
@@ -346,6 +351,7 @@ def train(
         "step": step,
         "steps_this_session": step - start_step,
         "seconds": round(time.time() - t0, 1),
+        "total_seconds": round(total_seconds(), 1),
         "world_size": world,
         "effective_batch_size": tc.batch_size * world,
         "rank_param_digests": digests,
