@@ -16,9 +16,7 @@ def main() -> None:
     args, limit, seeds, out, result = parse(__doc__, "results/gamma", add)
     for gamma in args.gammas.split(","):
         overrides = [f"model.flow.gamma={gamma}"]
-        result["rows"].append(
-            arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds)
-        )
+        result["rows"].append(arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds))
         save(result, out / "gamma.json")
     print_table(result, "γ")
 
