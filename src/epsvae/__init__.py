@@ -13,9 +13,11 @@ from .config import (  # noqa: E402
     ConfigError,
     DecoderConfig,
     DiscriminatorConfig,
+    DiTConfig,
     EncoderConfig,
     FlowConfig,
 )
+from .generation import LatentGenerator, encode_dataset, generate  # noqa: E402
 from .models import BaselineVAE, EpsilonVAE, build_model, load_pretrained  # noqa: E402
 from .presets import preset_names  # noqa: E402
 
@@ -24,11 +26,15 @@ __all__ = [
     "BaselineVAE",
     "ConfigError",
     "DecoderConfig",
+    "DiTConfig",
     "DiscriminatorConfig",
     "EncoderConfig",
     "EpsilonVAE",
     "FlowConfig",
+    "LatentGenerator",
     "build_model",
+    "encode_dataset",
+    "generate",
     "load_pretrained",
     "preset_names",
 ]

@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
 
-    from . import cli_train
+    from . import cli_gen, cli_train
 
     cli_train.add_parsers(sub, command)
+    cli_gen.add_parsers(sub, command)
     return parser
 
 

@@ -177,6 +177,71 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class DiTConfig:
+    """Latent generator: DiT (Peebles & Xie 2023) with adaLN-zero blocks, class-conditional.
+
+    The latent shape comes from the autoencoder the generator is trained for; label
+    `num_classes` is the null label used for classifier-free guidance."""
+
+    hidden: int = 384
+    depth: int = 12
+    heads: int = 6
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    num_classes: int = 10
+    class_dropout: float = 0.1  # training: labels replaced by the null label with this probability
+    latent_channels: int = 4
+    latent_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ConfigError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        if self.latent_size % self.patch_size:
+            raise ConfigError(
+                f"the latent size {self.latent_size} is not divisible by the patch size {self.patch_size}"
+            )
+        if not 0 <= self.class_dropout < 1:
+            raise ConfigError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+
+
+@dataclass
+class GeneratorTrainConfig:
+    """How a latent generator trains: rectified flow on normalised latents (PAPER.md section 5)."""
+
+    ae: str | None = None  # the autoencoder's exported model directory (latent statistics in its config)
+    latents: str | None = None  # directory written by `epsvae encode-dataset`
+    steps: int = 400_000
+    batch_size: int = 256
+    lr: float = 1e-4
+    warmup: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.9999
+    ema_warmup: bool = True
+    t_sampler: str = "logit-normal"
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "auto"
+    log_every: int = 50
+    ckpt_every: int = 5000
+    sample_every: int = 5000
+    sample_steps: int = 50  # flow steps of the sample grids written during training
+    sample_cfg: float = 1.5
+
+
+@dataclass
+class GeneratorRunConfig:
+    """What a generator run directory's config.json holds."""
+
+    preset: str | None = None
+    model: DiTConfig = field(default_factory=DiTConfig)
+    train: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
+
+
 # --------------------------------------------------------------------------- (de)serialisation
 
 

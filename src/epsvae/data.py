@@ -107,6 +107,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.labels = torch.from_numpy(_read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
         self.images = torch.from_numpy(np.pad(images, ((0, 0), (2, 2), (2, 2))))  # (N, 32, 32) uint8
         self.channels, self.resolution, self.num_classes = 1, 32, 10
+        self.flip_ok = False  # its shoes and bags all face one way: a flipped copy is not a Fashion-MNIST image
 
     def __len__(self) -> int:
         return len(self.images)
@@ -187,6 +188,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.resolution, self.channels, self.train, self.strict = resolution, channels, train, strict
         self.mode = {1: "L", 3: "RGB"}[channels]
         self.max_pixels = max_pixels
+        self.flip_ok = True
         self.skipped = 0
         self.skipped_files: list[str] = []
 
@@ -252,6 +254,7 @@ class SkimagePhotos(torch.utils.data.Dataset):
         if not self.photos:
             raise DataError("no colour photos could be loaded from scikit-image's bundled data")
         self.split, self.resolution, self.channels = split, resolution, 3
+        self.flip_ok = True
         self.num_classes = len(self.photos)  # the label of a crop is its photo
         self.length = length if split == "train" else 64 * len(self.photos)
 
@@ -280,9 +283,18 @@ def index_seed(index: int) -> int:
 
 
 def open_dataset(
-    spec: str, split: str = "train", resolution: int | None = None, channels: int | None = None, strict: bool = False
+    spec: str,
+    split: str = "train",
+    resolution: int | None = None,
+    channels: int | None = None,
+    strict: bool = False,
+    augment: bool | None = None,
 ):
-    """Build a dataset from a spec string: 'fashion-mnist', 'folder:PATH' or 'skimage-photos'."""
+    """Build a dataset from a spec string: 'fashion-mnist', 'folder:PATH' or 'skimage-photos'.
+
+    `augment` (default: split == 'train') gives image folders random crops and flips;
+    without it they are centre-cropped (evaluation, encoding a latent set)."""
+    augment = split == "train" if augment is None else augment
     if spec == "fashion-mnist":
         ds = FashionMNIST(split)
         if resolution not in (None, 32):
@@ -293,7 +305,7 @@ def open_dataset(
     if spec.startswith("folder:"):
         if resolution is None:
             raise DataError("folder datasets need a resolution (from the preset or --resolution)")
-        return ImageFolder(spec[len("folder:") :], resolution, channels or 3, train=(split == "train"), strict=strict)
+        return ImageFolder(spec[len("folder:") :], resolution, channels or 3, train=augment, strict=strict)
     if spec == "skimage-photos":
         if channels not in (None, 3):
             raise DataError(f"skimage-photos has 3 channels; the model expects {channels}")

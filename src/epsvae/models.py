@@ -128,19 +128,7 @@ class Autoencoder(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` and `model.safetensors` (no pickle) into `directory`."""
-        from safetensors.torch import save_file
-
-        from . import __version__
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"_class_name": type(self).__name__, "_epsvae_version": __version__}
-        _atomic_write_text(directory / CONFIG_NAME, json.dumps({**meta, **to_dict(self.config)}, indent=2) + "\n")
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders metadata at random
-        tmp.replace(directory / WEIGHTS_NAME)
-        return directory
+        return write_pretrained(directory, self, to_dict(self.config))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"):
@@ -158,17 +146,30 @@ class Autoencoder(nn.Module):
 
     def load_weights(self, path: str | Path) -> None:
         """Load a safetensors state dict, with a readable error if it belongs to another config."""
-        from safetensors.torch import load_file
+        load_weights(self, path)
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights file at {path}")
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
-        check_state_dict(self, state, source=str(path))
-        self.load_state_dict(state)
+    # ------------------------------------------------------------------ latent statistics
+
+    def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel latent mean and std (Cz,) recorded by `epsvae encode-dataset`."""
+        cfg = self.config
+        if cfg.latent_mean is None or cfg.latent_std is None:
+            raise ValueError(
+                "this autoencoder's config has no latent statistics; run `epsvae encode-dataset --model DIR ...` "
+                "once on its training data (it records them in DIR/config.json)"
+            )
+        device = next(self.parameters()).device
+        return torch.tensor(cfg.latent_mean, device=device), torch.tensor(cfg.latent_std, device=device)
+
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z -> (z - mean) / std per channel: what a latent generator models."""
+        mean, std = self.latent_stats()
+        return (z - mean.reshape(1, -1, 1, 1).to(z.dtype)) / std.reshape(1, -1, 1, 1).to(z.dtype)
+
+    def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalize_latents`: a generator's output -> latents `decode` takes."""
+        mean, std = self.latent_stats()
+        return z * std.reshape(1, -1, 1, 1).to(z.dtype) + mean.reshape(1, -1, 1, 1).to(z.dtype)
 
 
 class EpsilonVAE(Autoencoder):
@@ -280,6 +281,47 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
 
 
 def read_config(directory: str | Path) -> AutoencoderConfig:
+    data = read_json_config(directory)
+    if data.get("_class_name", "EpsilonVAE") not in ("EpsilonVAE", "BaselineVAE"):
+        raise ConfigError(f"{directory} holds a {data['_class_name']}, not an autoencoder")
+    return from_dict(AutoencoderConfig, {k: v for k, v in data.items() if not k.startswith("_")})
+
+
+def write_pretrained(directory: str | Path, module: nn.Module, config: dict[str, Any], **meta: Any) -> Path:
+    """`config.json` (class name, version, `meta` as _keys, config) + `model.safetensors`, atomically."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    head = {"_class_name": type(module).__name__, "_epsvae_version": __version__}
+    head.update({f"_{k}": v for k, v in meta.items()})
+    _atomic_write_text(directory / CONFIG_NAME, json.dumps({**head, **config}, indent=2) + "\n")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    tmp = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders metadata at random
+    tmp.replace(directory / WEIGHTS_NAME)
+    return directory
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a safetensors state dict into `module`, with a readable error if it belongs to another config."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    check_state_dict(module, state, source=str(path))
+    module.load_state_dict(state)
+
+
+def read_json_config(directory: str | Path) -> dict[str, Any]:
+    """The raw config.json of a model directory (with its _meta keys), with readable errors."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(
@@ -287,11 +329,9 @@ def read_config(directory: str | Path) -> AutoencoderConfig:
             "(write one with save_pretrained or `epsvae export`)"
         )
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    data = {k: v for k, v in data.items() if not k.startswith("_")}
-    return from_dict(AutoencoderConfig, data)
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

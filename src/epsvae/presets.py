@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .config import AutoencoderConfig, ConfigError, RunConfig, TrainConfig, from_dict
+from .config import AutoencoderConfig, ConfigError, GeneratorRunConfig, RunConfig, TrainConfig, from_dict
 
 # size -> U-Net (channels, res blocks, attention levels). Levels count from full
 # resolution: at 128 px, level 2 is 32x32, level 3 16x16, level 4 8x8.
@@ -99,6 +99,38 @@ _FMNIST_TRAIN = {
     "loss": {"perceptual": "features:auto", "disc_start": 500},
 }
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {"eps-fmnist": _FMNIST_TRAIN, "vae-fmnist": _FMNIST_TRAIN}
+
+
+# Latent generators (PAPER.md section 5; DiT, Peebles & Xie 2023, table 1). The latent
+# shape and class count are filled in from the autoencoder and the latent set. The sizes'
+# training recipe is DiT's (AdamW 1e-4, batch 256, EMA 0.9999); `dit-fmnist` is a small
+# DiT for 8x8 Fashion-MNIST latents that trains on the CPU budget.
+_DIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
+GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
+    f"dit-{name}": {"model": {"hidden": d, "depth": depth, "heads": heads, "patch_size": 2}, "train": {}}
+    for name, (d, depth, heads) in _DIT_SIZES.items()
+}
+GENERATOR_PRESETS["dit-fmnist"] = {
+    "model": {"hidden": 128, "depth": 6, "heads": 4, "patch_size": 2},
+    "train": {
+        "steps": 3000,
+        "batch_size": 128,
+        "lr": 3e-4,
+        "warmup": 200,
+        "ema": 0.999,
+        "log_every": 50,
+        "ckpt_every": 1000,
+        "sample_every": 1000,
+        "sample_steps": 25,
+    },
+}
+
+
+def generator_run_config(name: str) -> GeneratorRunConfig:
+    """Model and training recipe of generator preset `name` (latent shape filled in at training)."""
+    if name not in GENERATOR_PRESETS:
+        raise ConfigError(f"unknown generator preset {name!r}; available: {', '.join(GENERATOR_PRESETS)}")
+    return from_dict(GeneratorRunConfig, {"preset": name, **copy.deepcopy(GENERATOR_PRESETS[name])})
 
 
 def preset_names() -> list[str]:
