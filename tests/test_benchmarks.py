@@ -113,3 +113,19 @@ def test_decode_speed_quick(tmp_path):
     rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
     assert [r["arm"] for r in rows][:3] == ["sd-vae", "eps-sd-B 1-step", "eps-sd-B 3-step"]
     assert abs(rows[0]["decoder_params_m"] - 49.49) < 0.01 and all(r["images_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_generation_quick(fmnist, tmp_path):
+    out = tmp_path / "gen"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--quick", "--arms", "vae-1x,eps-2x",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "generation.json").read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["vae-1x", "eps-2x"] and [r["compression"] for r in rows] == [8.0, 16.0]
+    assert all(r["fd_domain"] > 0 and r["images_per_s"] > 0 and r["dit_steps"] == 2 for r in rows)
+    assert rows[1]["decode_steps"] == 3 and rows[0]["decode_steps"] is None
+    assert (out / "eps-2x" / "samples.png").is_file() and "not Inception FID" in proc.stdout

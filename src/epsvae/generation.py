@@ -420,7 +420,7 @@ def train_generator(
             sample_grid()
     eng.save(parts)
     summary = eng.finish(raw)
-    if main:
+    if main and (summary["steps_this_session"] or not (eng.run_dir / "model" / WEIGHTS_NAME).is_file()):
         sample_grid()
         ema_model = LatentGenerator(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})

@@ -21,7 +21,7 @@ from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_va
 from .data import BatchStream, StepBatches, open_dataset
 from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint
 from .images import save_grid
-from .models import Autoencoder, build_discriminator, build_model, check_state_dict
+from .models import WEIGHTS_NAME, Autoencoder, build_discriminator, build_model, check_state_dict
 from .perceptual import build_perceptual
 
 __all__ = ["CHECKPOINT", "TrainingDiverged", "export", "load_checkpoint", "prepare_run", "train"]
@@ -191,7 +191,9 @@ def train(
         sample_grid()
     skipped = eng.extra["skipped_images"]
     summary = eng.finish(raw_model, {"skipped_images": skipped})
-    if main:
+    # a finished run started again exports nothing: model/ (and the latent statistics that
+    # encode-dataset may have recorded in its config) stays as it is
+    if main and (summary["steps_this_session"] or not (run_dir / "model" / WEIGHTS_NAME).is_file()):
         ema_model = build_model(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
         ema_model.save_pretrained(run_dir / "model")
