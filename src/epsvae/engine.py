@@ -131,9 +131,15 @@ class Engine:
             except ImportError:
                 print("[train] tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
 
+    def stop_clock(self) -> None:
+        """Call right after the loop: what follows (export, grids) is not training time."""
+        self.t_end = time.time()
+
     def total_seconds(self) -> float:
         """Training wall time over all sessions (a finished run resumed adds nothing)."""
-        return self.seconds_before + (time.time() - self.t0 if self.step > self.start_step else 0.0)
+        if self.step == self.start_step:
+            return self.seconds_before
+        return self.seconds_before + (getattr(self, "t_end", None) or time.time()) - self.t0
 
     def save(self, parts: dict[str, Any]) -> None:
         if self.main:
@@ -245,7 +251,7 @@ class Engine:
         summary = {
             "step": self.step,
             "steps_this_session": self.step - self.start_step,
-            "seconds": round(time.time() - self.t0, 1),
+            "seconds": round((getattr(self, "t_end", None) or time.time()) - self.t0, 1),
             "total_seconds": round(self.total_seconds(), 1),
             "world_size": self.world,
             "effective_batch_size": self.tc.batch_size * self.world,

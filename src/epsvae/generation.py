@@ -418,6 +418,7 @@ def train_generator(
             eng.save(parts)
         if sample_due and main:
             sample_grid()
+    eng.stop_clock()
     eng.save(parts)
     summary = eng.finish(raw)
     if main and (summary["steps_this_session"] or not (eng.run_dir / "model" / WEIGHTS_NAME).is_file()):

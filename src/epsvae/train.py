@@ -186,6 +186,7 @@ def train(
         if sample_due and main:
             sample_grid()
 
+    eng.stop_clock()
     eng.save(parts)
     if eng.step % tc.sample_every and main:
         sample_grid()
