@@ -228,3 +228,10 @@ def test_generation_errors_are_clear(ae_and_latents, tmp_path, capsys):
     assert "not the autoencoder this generator was trained on" in capsys.readouterr().err
     assert main(["eval-gen", "--samples", str(tmp_path / "nope.npz"), "--data", "fashion-mnist"]) == 2
     assert "no samples file" in capsys.readouterr().err
+
+
+def test_info_for_dit_presets(capsys):
+    assert main(["info", "dit-fmnist", "--latent", "2,8,8", "--classes", "10", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == 1_867_016 and info["tokens"] == 16 and info["patch_size"] == 2
+    assert main(["info", "dit-S"]) == 0 and "32,858,896" in capsys.readouterr().out

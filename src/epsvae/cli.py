@@ -46,8 +46,35 @@ def preset_info(name: str, overrides: list[str] | None = None) -> dict:
     }
 
 
+def generator_info(name: str, latent: str = "4,32,32", classes: int = 1000, overrides=None) -> dict:
+    """Parameter count of a DiT preset for a latent shape (C,H,W) and class count, on the meta device."""
+    from .generation import LatentGenerator
+    from .presets import generator_run_config
+
+    c, h, w = (int(v) for v in latent.split(","))
+    cfg = generator_run_config(name).model
+    cfg = apply_overrides(cfg, {"latent_channels": c, "latent_size": h, "num_classes": classes})
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in LatentGenerator(cfg).parameters())
+    tokens = (h // cfg.patch_size) * (w // cfg.patch_size)
+    return {"preset": name, "kind": "dit", "params": params, "latent_shape": [c, h, w], "tokens": tokens,
+            "hidden": cfg.hidden, "depth": cfg.depth, "heads": cfg.heads, "patch_size": cfg.patch_size}  # fmt: skip
+
+
 @command("info")
 def _info(args: argparse.Namespace) -> int:
+    from .presets import GENERATOR_PRESETS
+
+    if args.preset in GENERATOR_PRESETS:
+        info = generator_info(args.preset, args.latent, args.classes, args.set)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for k, v in info.items():
+                print(f"{k:<12}  {v:,}" if k == "params" else f"{k:<12}  {v}")
+        return 0
     info = preset_info(args.preset, args.set)
     if args.json:
         print(json.dumps(info))
@@ -76,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="parameter counts and shapes of a preset")
-    p.add_argument("preset", help=f"one of: {', '.join(preset_names())}")
+    p.add_argument("preset", help=f"one of: {', '.join(preset_names())}, or a DiT preset (dit-S, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--latent", default="4,32,32", help="DiT presets: latent C,H,W (default 4,32,32)")
+    p.add_argument("--classes", type=int, default=1000, help="DiT presets: number of classes (default 1000)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
 
     from . import cli_gen, cli_train
