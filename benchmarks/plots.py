@@ -1,10 +1,13 @@
 """Plots for docs/results.md from the benchmark scripts' JSON, unedited.
 
     python benchmarks/plots.py RESULT.json [RESULT.json ...] --out docs/
+    python benchmarks/plots.py --recon VAE_MODEL EPS_MODEL [--data fashion-mnist] --out docs/
 
-Each file is drawn by its kind (the rows' shape): compression, steps, gamma, ablation,
-resolution. Quality panels show PSNR and fd_domain (Fréchet distance in the domain
-feature network's space, not Inception FID) with the spread over decoding seeds.
+Each file is drawn by its kind (the rows' shape): compression (bars, and quality against
+compression), steps, gamma, ablation, resolution, generation. Quality panels show PSNR
+and fd_domain (Fréchet distance in the domain feature network's space, not Inception FID)
+with the spread over decoding seeds. `--recon` draws the same test images reconstructed
+by a VAE and by an ε-VAE at 1 and 3 decoding steps (seed 0), one row each.
 """
 
 from __future__ import annotations
@@ -67,10 +70,71 @@ def lines_over_steps(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def over_compression(result: dict, path: Path) -> None:
+    """Quality against compression ratio: the VAE, and ε-VAE at each decoding step count."""
+    series: dict[str, list] = {}
+    for row in result["rows"]:
+        for steps, m in _points(row):
+            kind = "VAE" if steps == "deterministic" else f"ε-VAE, {steps} step"
+            series.setdefault(kind, []).append((row["compression"], m))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for kind, pts in series.items():
+        pts.sort(key=lambda p: p[0])
+        for ax, (k, name) in zip(axes, METRICS, strict=True):
+            ax.errorbar([p[0] for p in pts], [p[1][k]["mean"] for p in pts], yerr=[p[1][k]["std"] for p in pts],
+                        marker="o", capsize=3, label=kind)  # fmt: skip
+            ax.set_xlabel("compression (image values / latent values)")
+            ax.set_xscale("log", base=2)
+            ax.set_title(name, fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"quality vs compression ({result['machine']}, {result['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def generation_bars(result: dict, path: Path) -> None:
+    """fd_domain of generated samples and end-to-end images/s, one bar per arm."""
+    arms = [f"{r['arm']}\n{'x'.join(map(str, r['latent_shape']))}" for r in result["rows"]]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    panels = [("fd_domain", "generation fd_domain, lower is better"), ("images_per_s", "images/s end to end")]
+    for ax, (key, name) in zip(axes, panels, strict=True):
+        ax.bar(range(len(arms)), [r[key] for r in result["rows"]])
+        ax.set_xticks(range(len(arms)), arms, fontsize=8)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(f"DiT on autoencoder latents ({result['machine']}, {result['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def recon_grid(vae_dir: str, eps_dir: str, data: str, path: Path, n: int = 12) -> None:
+    """Originals, VAE, ε-VAE 1 step and 3 steps on the first `n` test images."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from epsvae import load_pretrained
+    from epsvae.data import load_batch, open_dataset
+    from epsvae.images import save_grid
+
+    vae, eps = load_pretrained(vae_dir), load_pretrained(eps_dir)
+    x = load_batch(open_dataset(data, "test", eps.config.image_size, eps.config.image_channels), list(range(n)))[0]
+    with torch.no_grad():
+        rows = [x, vae.decode(vae.encode(x))]
+        z = eps.encode(x)
+        rows += [eps.decode(z, steps=s, generator=torch.Generator().manual_seed(0)) for s in (1, 3)]
+    save_grid(rows, path, scale=3 if x.shape[-1] <= 64 else 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="+")
+    ap.add_argument("results", nargs="*")
     ap.add_argument("--out", default="docs")
+    ap.add_argument("--recon", nargs=2, metavar=("VAE_MODEL", "EPS_MODEL"), help="draw a reconstruction grid")
+    ap.add_argument("--data", default="fashion-mnist", help="dataset of the reconstruction grid")
+    ap.add_argument("--name", default="reconstructions", help="file name (no suffix) of the reconstruction grid")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,9 +143,16 @@ def main() -> None:
         stem = Path(name).stem
         if stem.startswith("steps"):
             lines_over_steps(result, out / f"{stem}.png")
+        elif stem.startswith("generation"):
+            generation_bars(result, out / f"{stem}.png")
         else:
             bars(result, stem.split("_")[0], out / f"{stem}.png")
+            if stem.startswith("compression") and len({r["compression"] for r in result["rows"]}) > 1:
+                over_compression(result, out / f"{stem}_vs_compression.png")
         print(f"{name} -> {out / (stem + '.png')}")
+    if args.recon:
+        recon_grid(*args.recon, args.data, out / f"{args.name}.png")
+        print(f"reconstructions -> {out / (args.name + '.png')}")
 
 
 if __name__ == "__main__":

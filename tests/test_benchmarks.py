@@ -38,6 +38,14 @@ def test_compression_quick(fmnist, tmp_path):
     )
     assert plot.returncode == 0, plot.stderr[-2000:]
     assert (tmp_path / "plots" / "compression.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "compression_vs_compression.png").stat().st_size > 1000
+    models = [str(Path(r["run"]) / "model") for r in result["rows"]]
+    recon = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "plots.py"), "--recon", *models, "--out", str(tmp_path / "plots")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert recon.returncode == 0, recon.stderr[-2000:]
+    assert (tmp_path / "plots" / "reconstructions.png").stat().st_size > 1000
 
 
 def _quick(script: str, out: Path, *extra: str) -> dict:
@@ -129,3 +137,8 @@ def test_generation_quick(fmnist, tmp_path):
     assert all(r["fd_domain"] > 0 and r["images_per_s"] > 0 and r["dit_steps"] == 2 for r in rows)
     assert rows[1]["decode_steps"] == 3 and rows[0]["decode_steps"] is None
     assert (out / "eps-2x" / "samples.png").is_file() and "not Inception FID" in proc.stdout
+    plot = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(out / "generation.json"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plot.returncode == 0 and (out / "generation.png").stat().st_size > 1000, plot.stderr[-2000:]
