@@ -46,6 +46,17 @@ def test_compression_quick(fmnist, tmp_path):
     )  # fmt: skip
     assert recon.returncode == 0, recon.stderr[-2000:]
     assert (tmp_path / "plots" / "reconstructions.png").stat().st_size > 1000
+    runs = [r["run"] for r in result["rows"]]
+    gap = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "psnr_gap.py"), "--quick", "--vae", runs[0], "--eps", runs[1],
+         "--out", str(tmp_path / "gap")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert gap.returncode == 0, gap.stderr[-2000:]
+    rows = json.loads((tmp_path / "gap" / "psnr_gap.json").read_text())["rows"]
+    assert [(r["model"], r["weights"], r["average_of"]) for r in rows] == [
+        ("vae", "ema", 1), ("vae", "raw", 1), ("eps", "ema", 1), ("eps", "raw", 1), ("eps", "ema", 2)
+    ]  # fmt: skip
 
 
 def _quick(script: str, out: Path, *extra: str) -> dict:
