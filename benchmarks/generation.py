@@ -32,6 +32,7 @@ from epsvae.generation import (
     generate,
     prepare_generator_run,
     train_generator,
+    weights_digest,
 )
 
 ARMS = {  # name -> (autoencoder preset, overrides): the compression benchmark's arms
@@ -47,9 +48,11 @@ def run_arm(name: str, args, out: Path) -> dict:
     ae_run, ae_cfg, ae_seconds, ae_steps = train_arm(args.runs, preset, overrides, None, args.quick)
     arm_dir = out / name
     ae_dir = arm_dir / "ae"
-    if not (ae_dir / "model.safetensors").is_file():
-        shutil.copytree(ae_run / "model", ae_dir, dirs_exist_ok=True)
     latents = arm_dir / "latents"
+    fresh = not (ae_dir / "model.safetensors").is_file() or weights_digest(ae_dir) != weights_digest(ae_run / "model")
+    if fresh:  # a copy of the trained autoencoder (re-made if that run trained further): its latents, its stats
+        shutil.rmtree(arm_dir, ignore_errors=True)
+        shutil.copytree(ae_run / "model", ae_dir)
     if not (latents / "meta.json").is_file():
         encode_dataset(ae_dir, ae_cfg.train.data, latents, "train", device=DEVICE, progress=False,
                        limit=64 if args.quick else None)  # fmt: skip

@@ -32,15 +32,15 @@ from _common import new_result, save  # noqa: E402
 from epsvae.config import RunConfig, from_dict  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
 from epsvae.metrics import psnr  # noqa: E402
-from epsvae.models import build_model, load_pretrained  # noqa: E402
+from epsvae.models import build_model  # noqa: E402
 from epsvae.train import load_checkpoint  # noqa: E402
 
 
-def raw_model(run: Path):
-    """The non-averaged weights of a run's latest checkpoint."""
+def checkpoint_model(run: Path, key: str):
+    """The raw ('model') or averaged ('ema') weights of a run's latest checkpoint."""
     cfg = from_dict(RunConfig, json.loads((run / "config.json").read_text()))
     model = build_model(cfg.model)
-    model.load_state_dict(load_checkpoint(run)["model"])
+    model.load_state_dict(load_checkpoint(run)[key])
     return model.eval()
 
 
@@ -65,14 +65,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--means", default="1,2,4,8", help="numbers of decodes averaged")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--grid", default="uniform")
+    ap.add_argument("--grid", default=None, help="decoding time grid (default: the model's own)")
     ap.add_argument("--out", default="results/psnr-gap")
     ap.add_argument("--quick", action="store_true", help="smoke test: 16 images, means 1,2")
     args = ap.parse_args()
     limit, means = (16, [1, 2]) if args.quick else (args.limit, [int(v) for v in args.means.split(",")])
     result = new_result()
     eps_run, vae_run = Path(args.eps), Path(args.vae)
-    eps = load_pretrained(eps_run / "model")
+    eps = checkpoint_model(eps_run, "ema")
     ds = open_dataset(
         from_dict(RunConfig, json.loads((eps_run / "config.json").read_text())).train.data,
         "test",
@@ -83,13 +83,15 @@ def main() -> None:
     t0 = time.time()
     rows = result["rows"]
     for name, run in (("vae", vae_run), ("eps", eps_run)):
-        for weights, model in (("ema", load_pretrained(run / "model")), ("raw", raw_model(run))):
+        for weights, key in (("ema", "ema"), ("raw", "model")):
+            model = checkpoint_model(run, key)
             rows.append({"model": name, "weights": weights, "average_of": 1,
                          "psnr": mean_psnr(model, ds, n, args.steps, args.grid, 1)})  # fmt: skip
     for k in means[1:] if means[0] == 1 else means:
         rows.append({"model": "eps", "weights": "ema", "average_of": k,
                      "psnr": mean_psnr(eps, ds, n, args.steps, args.grid, k)})  # fmt: skip
-    result.update(n_images=n, decode_steps=args.steps, grid=args.grid, seconds=round(time.time() - t0, 1))
+    grid = args.grid or eps.config.flow.grid
+    result.update(n_images=n, decode_steps=args.steps, grid=grid, seconds=round(time.time() - t0, 1))
     save(result, Path(args.out) / "psnr_gap.json")
     print(f"\n{result['machine']}, {result['date']}: {result['command']}")
     print(f"{'model':<7}{'weights':>8}{'decodes averaged':>18}{'PSNR (dB)':>11}")

@@ -78,11 +78,35 @@ def test_patches_map_back_to_their_place():
     x = torch.randn(1, 2, 8, 8)
     t, y = torch.rand(1), torch.tensor([1])
     base = gen.velocity(x, t, y)
-    x2 = x.clone()
-    x2[..., 6:, 6:] += 1.0  # change the last patch only
-    diff = (gen.velocity(x2, t, y) - base).abs()
-    # attention spreads the change everywhere, but the changed patch itself moves the most
-    assert diff[..., 6:, 6:].mean() > diff[..., :6, :6].mean()
+    for rows, cols in ((slice(0, 2), slice(6, 8)), (slice(4, 6), slice(2, 4))):  # off the diagonal
+        x2 = x.clone()
+        x2[..., rows, cols] += 1.0  # change one patch
+        diff = (gen.velocity(x2, t, y) - base).abs().mean(1)[0]  # (8, 8)
+        per_patch = diff.reshape(4, 2, 4, 2).mean((1, 3))
+        # attention spreads the change everywhere, but the changed patch itself moves the most
+        assert per_patch.argmax().item() == (rows.start // 2) * 4 + cols.start // 2
+
+
+def test_sampling_runs_from_noise_at_t1_to_data_at_t0():
+    gen = _dit()
+    c = torch.randn(1, 2, 8, 8)
+    # the exact velocity field of a point mass at c under x_t = (1 - t) c + t noise
+    gen.velocity = lambda x, t, y: (x - c) / t.reshape(-1, 1, 1, 1)
+    out = gen.sample(torch.tensor([0, 1]), torch.randn(2, 2, 8, 8), steps=4)
+    torch.testing.assert_close(out, c.expand(2, -1, -1, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_training_target_follows_the_flow_convention():
+    gen = _dit()
+    x0 = torch.randn(16, 2, 8, 8) * 3
+
+    class Exact(torch.nn.Module):  # knows x0: the true velocity of x_t = (1 - t) x0 + t noise
+        def forward(self, x_t, t, y):
+            return (x_t - x0) / t.reshape(-1, 1, 1, 1)
+
+    gen.net = Exact()
+    per, _ = gen(x0, torch.zeros(16, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert per.max() < 1e-6  # the loss's target is noise - x0, the velocity sampling integrates
 
 
 def test_sincos_positions_are_distinct():
@@ -199,6 +223,15 @@ def test_train_dit_sample_and_eval_gen(ae_and_latents, tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["fd_domain"] > 0 and result["n_samples"] == 12
     assert "not Inception FID" in capsys.readouterr().out
+    # the split's own images are at distance ~0 from it; an untrained generator's samples are not
+    from epsvae.data import open_dataset
+    from epsvae.images import to_uint8
+
+    real = to_uint8(open_dataset("fashion-mnist", "test").batch(torch.arange(32))[0])
+    np.savez(tmp_path / "real.npz", samples=real, labels=np.zeros(32))
+    assert main(["eval-gen", "--samples", str(tmp_path / "real.npz"), "--data", "fashion-mnist", "--out",
+                 str(tmp_path / "r.json"), "--limit", "32"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "r.json").read_text())["fd_domain"] < 1e-6 < result["fd_domain"]
 
 
 def test_dit_resume_is_exact(ae_and_latents, tmp_path):
@@ -235,3 +268,53 @@ def test_info_for_dit_presets(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == 1_867_016 and info["tokens"] == 16 and info["patch_size"] == 2
     assert main(["info", "dit-S"]) == 0 and "32,858,896" in capsys.readouterr().out
+
+
+def test_unconditional_generator_on_an_unlabelled_folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # no class sub-folders: labels are -1, the model is unconditional
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    ae = tmp_path / "ae"
+    EpsilonVAE(tiny_config(channels=3)).save_pretrained(ae)
+    lat = tmp_path / "lat"
+    assert main(["encode-dataset", "--model", str(ae), "--data", f"folder:{root}", "--out", str(lat)]) == 0
+    meta = json.loads((lat / "meta.json").read_text())
+    assert meta["num_classes"] == 0 and meta["count"] == 12 and meta["flip"] is True
+    run = tmp_path / "dit"
+    assert (
+        main(["train-dit", "--ae", str(ae), "--latents", str(lat), "--out", str(run), "--steps", "2", *TINY_DIT]) == 0
+    )
+    assert json.loads((run / "config.json").read_text())["model"]["num_classes"] == 0
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--dit", str(run), "--n", "3", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    got = np.load(out)
+    assert got["samples"].shape == (3, 3, 16, 16) and got["labels"].tolist() == [-1, -1, -1]
+
+
+def test_statistics_are_not_silently_replaced(ae_and_latents, tmp_path, capsys):
+    ae, lat = ae_and_latents
+    recorded = json.loads((ae / "config.json").read_text())["latent_mean"]
+    # a partial encoding does not touch the recorded statistics
+    assert main(["encode-dataset", "--model", str(ae), "--data", "fashion-mnist", "--limit", "8",
+                 "--out", str(tmp_path / "part")]) == 0  # fmt: skip
+    assert json.loads((ae / "config.json").read_text())["latent_mean"] == recorded
+    cfg = json.loads((ae / "config.json").read_text())
+    cfg["latent_mean"] = [0.0, 0.0]
+    (ae / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    again = ["encode-dataset", "--model", str(ae), "--data", "fashion-mnist", "--out", str(tmp_path / "again")]
+    assert main(again) == 2 and "--force" in capsys.readouterr().err
+    assert main([*again, "--force"]) == 0
+    assert json.loads((ae / "config.json").read_text())["latent_mean"] == recorded
+
+
+def test_a_failed_start_does_not_bind_the_run_directory(ae_and_latents, tmp_path, capsys):
+    ae, lat = ae_and_latents
+    other = str(_save_ae(tmp_path / "other", seed=3))
+    run = str(tmp_path / "dit")
+    assert main(["train-dit", "--ae", other, "--latents", str(lat), "--out", run, "--steps", "1", *TINY_DIT]) == 2
+    assert main(["train-dit", "--ae", str(ae), "--latents", str(lat), "--out", run, "--steps", "1", *TINY_DIT]) == 0

@@ -25,7 +25,12 @@ def add_parsers(sub, command) -> None:
     flip.add_argument("--no-flip", dest="flip", action="store_false", help="no flipped copies")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=_DEVICE)
-    p.add_argument("--no-record", action="store_true", help="do not write the statistics into the model's config")
+    p.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not write the statistics into the model's config (they are written only for a full train split)",
+    )
+    p.add_argument("--force", action="store_true", help="replace different statistics already in the model's config")
     command("encode-dataset")(_encode_dataset)
 
     p = sub.add_parser("train-dit", help="train (or resume) a DiT latent generator")
@@ -83,7 +88,8 @@ def _encode_dataset(args: argparse.Namespace) -> int:
         args.limit,
         args.batch_size,
         args.device,
-        record_stats=not args.no_record,
+        record_stats=not args.no_record and args.split == "train" and args.limit is None,
+        force=args.force,
     )
     print(
         f"{meta['count']} latents {tuple(meta['latent_shape'])} -> {args.out} (flip: {meta['flip']}); "

@@ -44,6 +44,28 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise ValueError(f"{path} is not a readable epsvae training checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file, or a ConfigError naming it (a truncated or hand-edited file is not a traceback)."""
+    from .config import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); is this {what}?") from None
+
+
+def resumable(run_dir: str | Path) -> bool:
+    """A run directory holds a run to resume once it has a checkpoint; a config.json alone
+    (a start that failed before its first checkpoint) does not bind the next start."""
+    return (Path(run_dir) / "config.json").is_file() and (Path(run_dir) / CHECKPOINT).is_file()
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -85,7 +107,7 @@ class Engine:
         self.config = config
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            write_json_atomic(self.run_dir / "config.json", config)
         self.step, self.seconds_before = 0, 0.0
         self.progress = progress
         self.sums: dict[str, float] = {}
@@ -238,7 +260,14 @@ class Engine:
         return self.step % tc.ckpt_every == 0, self.step % tc.sample_every == 0
 
     def out_of_time(self, minutes: float | None) -> bool:
-        return minutes is not None and time.time() - self.t0 > 60 * minutes
+        """Past the time budget? Every rank gets the same answer (else one would stop while
+        another waits for it in the next step's all-reduce)."""
+        if minutes is None:
+            return False
+        late = torch.tensor([float(time.time() - self.t0 > 60 * minutes)], device=self.device)
+        if self.world > 1:
+            late = self.accelerator.reduce(late, reduction="sum")
+        return bool(late.item() > 0)
 
     # ------------------------------------------------------------------ the end
 
@@ -261,7 +290,7 @@ class Engine:
             **(extra or {}),
         }
         if self.main:
-            (self.run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json_atomic(self.run_dir / "final.json", summary)
             if self.writer is not None:
                 self.writer.close()
         return summary

@@ -34,7 +34,7 @@ from .config import (
     to_dict,
 )
 from .data import BatchStream, StepBatches, load_batch, open_dataset
-from .engine import Engine, step_seed
+from .engine import Engine, read_json, resumable, step_seed, write_json_atomic
 from .images import save_grid, to_uint8
 from .losses import loss_by_t
 from .models import (
@@ -78,13 +78,14 @@ def encode_dataset(
     device: str = "cpu",
     record_stats: bool = True,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Encode `data`/`split` (plus horizontal flips where the dataset allows them) into `out`.
 
     Writes OUT/latents.npy (float32, (N, Cz, h, w), memory-mappable), OUT/labels.npy
     (int64; -1 = no label) and OUT/meta.json (written last: its presence marks a complete
-    set). With `record_stats` the per-channel mean and std go into MODEL/config.json.
-    Returns the metadata.
+    set). With `record_stats` the per-channel mean and std go into MODEL/config.json
+    (refused if it records different ones, unless `force`). Returns the metadata.
     """
     model = load_pretrained(model_dir, device)
     cfg = model.config
@@ -127,7 +128,13 @@ def encode_dataset(
     np.save(out / LABELS, labels)
     count = n * copies * cfg.latent_shape[1] * cfg.latent_shape[2]
     mean = s1 / count
-    std = (s2 / count - mean**2).clamp_min(1e-12).sqrt()
+    std = (s2 / count - mean**2).clamp_min(0.0).sqrt()
+    flat = [c for c, v in enumerate(std.tolist()) if v < 1e-8]
+    if flat:
+        raise ValueError(
+            f"latent channel(s) {flat} are constant over {data}/{split}: the autoencoder is degenerate "
+            "(or untrained); normalising by their std would divide by zero"
+        )
     meta = {
         "autoencoder": str(model_dir),
         "autoencoder_weights": weights_digest(model_dir),
@@ -138,21 +145,36 @@ def encode_dataset(
         "count": n * copies,
         "latent_shape": list(cfg.latent_shape),
         "num_classes": int(getattr(ds, "num_classes", 0)),
-        "latent_mean": [round(v, 6) for v in mean.tolist()],
-        "latent_std": [round(v, 6) for v in std.tolist()],
+        "latent_mean": [_sig(v) for v in mean.tolist()],
+        "latent_std": [_sig(v) for v in std.tolist()],
         "seconds": round(time.time() - t0, 1),
     }
     if record_stats:
-        record_latent_stats(model_dir, meta["latent_mean"], meta["latent_std"])
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+        record_latent_stats(model_dir, meta["latent_mean"], meta["latent_std"], force)
+    write_json_atomic(out / META, meta)
     return meta
 
 
-def record_latent_stats(model_dir: str | Path, mean: list[float], std: list[float]) -> None:
-    """Write per-channel latent statistics into an exported autoencoder's config.json."""
+def _sig(v: float) -> float:
+    return float(f"{v:.7g}")  # 7 significant digits: readable JSON, no loss that matters
+
+
+def record_latent_stats(model_dir: str | Path, mean: list[float], std: list[float], force: bool = False) -> None:
+    """Write per-channel latent statistics into an exported autoencoder's config.json.
+
+    Different statistics already there are refused unless `force`: generators and latent
+    sets made with the old ones would stop matching this autoencoder."""
     data = read_json_config(model_dir)
     old = (data.get("latent_mean"), data.get("latent_std"))
-    if old != (None, None) and old != (list(mean), list(std)):
+    if old == (list(mean), list(std)):
+        return
+    if old != (None, None):
+        if not force:
+            raise ValueError(
+                f"{Path(model_dir) / CONFIG_NAME} already records other latent statistics (mean {old[0]}, "
+                f"std {old[1]}); generators trained with them would no longer match. Encode with --no-record, "
+                "or pass --force to replace them"
+            )
         print(f"[encode-dataset] replacing the latent statistics in {Path(model_dir) / CONFIG_NAME}")
     data["latent_mean"], data["latent_std"] = list(mean), list(std)
     _atomic_write_text(Path(model_dir) / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
@@ -168,7 +190,7 @@ class LatentDataset:
                 f"{directory} is not a complete latent dataset ({META} is missing): "
                 "write one with `epsvae encode-dataset --model AE --data SPEC --out DIR`"
             )
-        self.meta = json.loads((directory / META).read_text())
+        self.meta = read_json(directory / META, "a latent set's metadata")
         self.latents = np.load(directory / LATENTS, mmap_mode="r")
         self.labels = torch.from_numpy(np.load(directory / LABELS))
         if len(self.latents) != self.meta["count"] or len(self.labels) != self.meta["count"]:
@@ -308,8 +330,8 @@ def prepare_generator_run(
     for item in overrides or []:
         key, _, value = item.partition("=")
         requested[key.strip()] = parse_value(value.strip())
-    if path.is_file():
-        cfg = from_dict(GeneratorRunConfig, json.loads(path.read_text()))
+    if resumable(run_dir):
+        cfg = from_dict(GeneratorRunConfig, read_json(path, "a generator run's config"))
         if preset is not None and cfg.preset not in (None, preset):
             raise ConfigError(f"{run_dir} is a run of preset {cfg.preset!r}, not {preset!r}; use another --out")
         if requested and apply_overrides(cfg, requested) != cfg:
@@ -322,14 +344,20 @@ def prepare_generator_run(
         cfg = apply_overrides(cfg, requested) if requested else cfg
         if cfg.train.ae is None or cfg.train.latents is None:
             raise ConfigError("a new generator run needs --ae (autoencoder directory) and --latents (latent set)")
-        meta = LatentDataset(cfg.train.latents).meta
-        c, h, w = meta["latent_shape"]
-        cfg = apply_overrides(
-            cfg,
-            {"model.latent_channels": c, "model.latent_size": h, "model.num_classes": meta["num_classes"]},
-        )
+        ds = LatentDataset(cfg.train.latents)
+        _check_latents_match(cfg.train.ae, ds)  # before anything is written into run_dir
+        c, h, w = ds.meta["latent_shape"]
         if h != w:
             raise ConfigError(f"the generator needs square latents, got {h}x{w}")
+        fixed = {"model.latent_channels": c, "model.latent_size": h}
+        for key, value in fixed.items():
+            if key in requested and requested[key] != value:
+                raise ConfigError(f"{key}={requested[key]} contradicts the latent set's shape {c}x{h}x{w}")
+        if "model.num_classes" not in requested:  # an explicit 0 trains an unconditional model
+            fixed["model.num_classes"] = ds.meta["num_classes"]
+        elif not 0 <= requested["model.num_classes"] <= ds.meta["num_classes"] and ds.meta["num_classes"]:
+            raise ConfigError(f"model.num_classes must be 0 or the latent set's {ds.meta['num_classes']}")
+        cfg = apply_overrides(cfg, fixed)
     if steps is not None:
         cfg.train.steps = steps
     return cfg
@@ -380,11 +408,11 @@ def train_generator(
     parts = {"model": raw, "ema": ema, "opt": opt}
 
     stream = BatchStream(ds, batches, eng.step)
-    k = max(cfg.model.num_classes, 1)
+    k = min(max(cfg.model.num_classes, 1), 10)  # the grid shows the first 10 classes
     ae = load_autoencoder_for(record, tc.ae, str(device)) if main else None
 
     def sample_grid() -> None:
-        labels = torch.arange(k).repeat_interleave(8)
+        labels = torch.arange(k).repeat_interleave(8) if cfg.model.num_classes else torch.full((8 * k,), -1)
         images = _generate_images(ema, ae, labels, tc.seed, tc.sample_steps, tc.sample_cfg, None, str(device))
         rows = [images[i * 8 : (i + 1) * 8] for i in range(k)]
         save_grid(rows, eng.run_dir / "samples" / f"step{eng.step:07d}.png", scale=2 if images.shape[-1] <= 64 else 1)

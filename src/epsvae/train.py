@@ -11,7 +11,6 @@ so a resumed run continues exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from . import losses
 from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_value, to_dict
 from .data import BatchStream, StepBatches, open_dataset
-from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint
+from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, read_json, resumable
 from .images import save_grid
 from .models import WEIGHTS_NAME, Autoencoder, build_discriminator, build_model, check_state_dict
 from .perceptual import build_perceptual
@@ -50,8 +49,8 @@ def prepare_run(
     for item in overrides or []:
         key, _, value = item.partition("=")
         requested[key.strip()] = parse_value(value.strip())
-    if path.is_file():
-        cfg = from_dict(RunConfig, json.loads(path.read_text()))
+    if resumable(run_dir):
+        cfg = from_dict(RunConfig, read_json(path, "a run's config"))
         if preset is not None and cfg.preset not in (None, preset):
             raise ConfigError(f"{run_dir} is a run of preset {cfg.preset!r}, not {preset!r}; use another --out")
         if requested:
@@ -74,7 +73,7 @@ def prepare_run(
 
 def export(run_dir: str | Path, out: str | Path) -> Path:
     """Write the EMA weights of a run's latest checkpoint as a model directory."""
-    cfg = from_dict(RunConfig, json.loads((Path(run_dir) / "config.json").read_text()))
+    cfg = from_dict(RunConfig, read_json(Path(run_dir) / "config.json", "a run's config"))
     state = load_checkpoint(run_dir)
     model = build_model(cfg.model)
     check_state_dict(model, state["ema"], source=f"{Path(run_dir) / CHECKPOINT} [ema]")
