@@ -135,15 +135,24 @@ class Engine:
         if self.main:
             print(f"[train] resuming {self.run_dir} at step {self.step}")
 
-    def start(self) -> None:
-        """Call right before the loop: starts the clock, the meter and the progress bar."""
+    def start(self, minutes: float | None = None) -> None:
+        """Call right before the loop: starts the clock, the meter and the progress bar.
+
+        Under a time budget the bar counts steps without a total (its ETA would be the
+        preset's full length, not the budget's) and says when the budget ends."""
         self.start_step, self.t0 = self.step, time.time()
         self.last_log, self.last_step = self.t0, self.step
         self.bar = None
         if self.main and self.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.tc.steps, initial=self.step, unit="step", dynamic_ncols=True)
+            total = None if minutes is not None else self.tc.steps
+            desc = (
+                f"{minutes:g} min budget (stops by {time.strftime('%H:%M', time.localtime(self.t0 + 60 * minutes))})"
+                if minutes is not None
+                else None
+            )
+            self.bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True, desc=desc)
         self.writer = None
         if self.main:
             try:

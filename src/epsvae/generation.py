@@ -426,7 +426,7 @@ def train_generator(
             b[0] = b[1] = 0.0
         return row
 
-    eng.start()
+    eng.start(minutes)
     while eng.step < tc.steps and not eng.out_of_time(minutes):
         gen = eng.seed_step()
         z, y, _ = next(stream)

@@ -150,7 +150,7 @@ def train(
                 rows = [fixed, ema.decode(z)]
         save_grid(rows, run_dir / "samples" / f"step{eng.step:07d}.png", scale=2 if fixed.shape[-1] <= 64 else 1)
 
-    eng.start()
+    eng.start(minutes)
     if eng.step == 0:
         sample_grid()
     while eng.step < tc.steps and not eng.out_of_time(minutes):
