@@ -24,6 +24,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's cache (~/.cache/epsvae): a network trained on a
+    test's stand-in data once leaked there and was then used by real runs."""
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path_factory.getbasetemp() / "epsvae-cache"))
+
+
 @pytest.fixture
 def fmnist(tmp_path, monkeypatch):
     """A tiny Fashion-MNIST in EPSVAE_DATA and a private cache (the feature network trains there)."""

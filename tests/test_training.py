@@ -136,6 +136,7 @@ def test_resume_with_other_config_is_refused(fmnist, tmp_path, capsys):
 def test_nan_stops_the_run_and_keeps_the_checkpoint(fmnist, tmp_path, monkeypatch, capsys):
     assert _train(tmp_path / "r", "--steps", "2") == 0
     before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    original = losses.velocity_mse
     monkeypatch.setattr(losses, "velocity_mse", lambda a, b: (a - b).pow(2).mean() * float("nan"))
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 2.*checkpoint .* is intact"):
         from epsvae.train import prepare_run, train
@@ -143,8 +144,8 @@ def test_nan_stops_the_run_and_keeps_the_checkpoint(fmnist, tmp_path, monkeypatc
         train(tmp_path / "r", prepare_run(tmp_path / "r", steps=4), progress=False)
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "r")["step"] == 2
-    monkeypatch.undo()
-    monkeypatch.setenv("EPSVAE_DATA", str(fmnist))
+    # (not monkeypatch.undo(): it would also undo the private EPSVAE_CACHE and leak into ~/.cache)
+    monkeypatch.setattr(losses, "velocity_mse", original)
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "m")]) == 0
     # through the CLI the same stop is a one-line error, not a traceback
     monkeypatch.setattr(losses, "velocity_mse", lambda a, b: (a - b).pow(2).mean() * float("nan"))
@@ -250,3 +251,15 @@ def test_checkpoint_from_another_config_or_damaged_fails_clearly(fmnist, tmp_pat
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"truncated")
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "m")]) == 2
     assert "not a readable epsvae training checkpoint" in capsys.readouterr().err
+
+
+def test_features_auto_is_keyed_by_the_data_it_was_trained_on(fmnist, tmp_path):
+    from epsvae.perceptual import dataset_fingerprint, features_auto_dir
+
+    first = features_auto_dir("fashion-mnist")
+    assert first.name == f"features-fashion-mnist-{dataset_fingerprint('fashion-mnist')}"
+    # other files under the same spec (here: a larger stand-in) -> another cache entry
+    from helpers import write_fake_fashion_mnist
+
+    write_fake_fashion_mnist(fmnist, n_train=80)
+    assert features_auto_dir("fashion-mnist") != first

@@ -161,11 +161,30 @@ class LPIPSVGG(nn.Module):
         return self.lpips(x, y).flatten()
 
 
+def dataset_fingerprint(data_spec: str, samples: int = 16) -> str:
+    """A short digest of a dataset's training split: its size and 16 images spread over it.
+
+    `features:auto` keys its cache by it, so a network trained on other data under the
+    same spec (a test's stand-in files, another folder at the same path) is never reused."""
+    import hashlib
+
+    from .data import load_batch, open_dataset
+
+    ds = open_dataset(data_spec, "train", 32 if data_spec.startswith("folder:") else None, augment=False)
+    n = len(ds)
+    x, y = load_batch(ds, sorted({(i * n) // samples for i in range(samples)}))
+    h = hashlib.sha256(f"{n}/{tuple(x.shape)}".encode())
+    h.update(x.float().numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
 def features_auto_dir(data_spec: str) -> Path:
+    """The cache directory of `features:auto` for this dataset (its spec and its fingerprint)."""
     from .data import cache_dir
 
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in data_spec)
-    return cache_dir() / f"features-{safe}"
+    return cache_dir() / f"features-{safe}-{dataset_fingerprint(data_spec)}"
 
 
 def build_perceptual(spec: str, data_spec: str | None = None) -> nn.Module | None:
