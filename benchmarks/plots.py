@@ -2,6 +2,7 @@
 
     python benchmarks/plots.py RESULT.json [RESULT.json ...] --out docs/
     python benchmarks/plots.py --recon VAE_MODEL EPS_MODEL [--data fashion-mnist] --out docs/
+    python benchmarks/plots.py A.json B.json --combine compression_all --out docs/
 
 Each file is drawn by its kind (the rows' shape): compression (bars, and quality against
 compression), steps, gamma, ablation, resolution, generation. Quality panels show PSNR
@@ -135,12 +136,17 @@ def main() -> None:
     ap.add_argument("--recon", nargs=2, metavar=("VAE_MODEL", "EPS_MODEL"), help="draw a reconstruction grid")
     ap.add_argument("--data", default="fashion-mnist", help="dataset of the reconstruction grid")
     ap.add_argument("--name", default="reconstructions", help="file name (no suffix) of the reconstruction grid")
+    ap.add_argument("--combine", metavar="NAME", help="draw the rows of all RESULT files as one figure NAME.png")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.results:
-        result = json.loads(Path(name).read_text())
-        stem = Path(name).stem
+    inputs = [(Path(name).stem, json.loads(Path(name).read_text())) for name in args.results]
+    if args.combine and inputs:  # rows of several runs of one benchmark (e.g. 1x and 2x arms) in one figure
+        merged = {**inputs[0][1], "rows": [row for _, result in inputs for row in result["rows"]]}
+        merged["command"] = " + ".join(result["command"] for _, result in inputs)
+        inputs = [(args.combine, merged)]
+    for stem, result in inputs:
+        name = stem
         if stem.startswith("steps"):
             lines_over_steps(result, out / f"{stem}.png")
         elif stem.startswith("generation"):
