@@ -113,6 +113,7 @@ class Engine:
         self.sums: dict[str, float] = {}
         self.count = 0
         self.extra: dict[str, Any] = {}  # per-interval extras added to the next stats row
+        self.by_t: dict[str, list[list[float]]] = {}  # name -> [sum, count] per t-bin, this interval
 
     # ------------------------------------------------------------------ state
 
@@ -234,7 +235,16 @@ class Engine:
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.count += 1
 
-    def end_step(self, lr: float, row_extra=None) -> tuple[bool, bool]:
+    def record_by_t(self, name: str, per: torch.Tensor, t: torch.Tensor, bins: int = 5) -> None:
+        """Accumulate a per-sample loss (N,) in `bins` equal bins of t; logged as `name`."""
+        from .losses import loss_by_t
+
+        acc = self.by_t.setdefault(name, [[0.0, 0.0] for _ in range(bins)])
+        for b, (total, count) in enumerate(loss_by_t(per.detach(), t, bins)):
+            acc[b][0] += total
+            acc[b][1] += count
+
+    def end_step(self, lr: float) -> tuple[bool, bool]:
         """Advance the step, write a stats row when due; returns (checkpoint due, samples due)."""
         tc = self.tc
         self.step += 1
@@ -253,8 +263,8 @@ class Engine:
             }
             row.update(self.extra)
             row.update({k: v / max(self.count, 1) for k, v in self.sums.items()})
-            if row_extra is not None:
-                row.update(row_extra())
+            for name, acc in self.by_t.items():
+                row[name] = [round(total / count, 5) if count else None for total, count in acc]
             if self.main:
                 with open(self.run_dir / "stats.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -264,7 +274,7 @@ class Engine:
                             self.writer.add_scalar(k, v, self.step)
                 if self.bar is not None:
                     self.bar.set_postfix(loss=f"{row.get('loss', 0.0):.4f}", img_s=f"{ips:.0f}", refresh=True)
-            self.sums, self.count = {}, 0
+            self.sums, self.count, self.by_t = {}, 0, {}
             self.last_log, self.last_step = now, self.step
         return self.step % tc.ckpt_every == 0, self.step % tc.sample_every == 0
 
@@ -279,6 +289,14 @@ class Engine:
         return bool(late.item() > 0)
 
     # ------------------------------------------------------------------ the end
+
+    def export_due(self, summary: dict) -> bool:
+        """Export model/ after a session that trained, or if it is missing: a finished run started
+        again leaves model/ (and the latent statistics encode-dataset may have put there) alone."""
+        from .models import WEIGHTS_NAME
+
+        missing = not (self.run_dir / "model" / WEIGHTS_NAME).is_file()
+        return self.main and bool(summary["steps_this_session"] or missing)
 
     def finish(self, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> dict:
         """Close the logs and write final.json (rank digests prove the ranks stayed in sync)."""

@@ -36,7 +36,6 @@ from .config import (
 from .data import BatchStream, StepBatches, load_batch, open_dataset
 from .engine import Engine, read_json, resumable, step_seed, write_json_atomic
 from .images import save_grid, to_uint8
-from .losses import loss_by_t
 from .models import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -417,15 +416,6 @@ def train_generator(
         rows = [images[i * 8 : (i + 1) * 8] for i in range(k)]
         save_grid(rows, eng.run_dir / "samples" / f"step{eng.step:07d}.png", scale=2 if images.shape[-1] <= 64 else 1)
 
-    bins = 5
-    by_t = [[0.0, 0.0] for _ in range(bins)]
-
-    def by_t_row() -> dict:
-        row = {"loss_by_t": [round(s / c, 5) if c else None for s, c in by_t]}
-        for b in by_t:
-            b[0] = b[1] = 0.0
-        return row
-
     eng.start(minutes)
     while eng.step < tc.steps and not eng.out_of_time(minutes):
         gen = eng.seed_step()
@@ -438,10 +428,8 @@ def train_generator(
         eng.optimize(loss, {"loss": loss}, model, opt)
         eng.ema_update(ema, raw)
         eng.record({"loss": loss.item()})
-        for b, (s, c) in enumerate(loss_by_t(per.detach(), t, bins)):
-            by_t[b][0] += s
-            by_t[b][1] += c
-        ckpt_due, sample_due = eng.end_step(tc.lr * lr_scale, by_t_row)
+        eng.record_by_t("loss_by_t", per, t)
+        ckpt_due, sample_due = eng.end_step(tc.lr * lr_scale)
         if ckpt_due:
             eng.save(parts)
         if sample_due and main:
@@ -449,7 +437,7 @@ def train_generator(
     eng.stop_clock()
     eng.save(parts)
     summary = eng.finish(raw)
-    if main and (summary["steps_this_session"] or not (eng.run_dir / "model" / WEIGHTS_NAME).is_file()):
+    if eng.export_due(summary):
         sample_grid()
         ema_model = LatentGenerator(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})

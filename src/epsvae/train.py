@@ -20,7 +20,7 @@ from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_va
 from .data import BatchStream, StepBatches, open_dataset
 from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, read_json, resumable
 from .images import save_grid
-from .models import WEIGHTS_NAME, Autoencoder, build_discriminator, build_model, check_state_dict
+from .models import Autoencoder, build_discriminator, build_model, check_state_dict
 from .perceptual import build_perceptual
 
 __all__ = ["CHECKPOINT", "TrainingDiverged", "export", "load_checkpoint", "prepare_run", "train"]
@@ -126,17 +126,7 @@ def train(
     # ---- feedback
     fixed = torch.stack([dataset[(i, i)][0] for i in range(min(8, len(dataset)))]).to(device)
     stream = BatchStream(dataset, batches, eng.step, tc.num_workers)
-    bins = 5
-    by_t = [[0.0, 0.0] for _ in range(bins)]
     eng.extra["skipped_images"] = 0
-
-    def by_t_row() -> dict:
-        if kind != "epsilon":
-            return {}
-        row = {"velocity_by_t": [round(s / c, 5) if c else None for s, c in by_t]}
-        for b in by_t:
-            b[0] = b[1] = 0.0
-        return row
 
     def sample_grid() -> None:
         if not main:
@@ -175,11 +165,8 @@ def train(
         logged["loss"] = loss.item()
         eng.record(logged)
         if kind == "epsilon":
-            per = losses.velocity_mse_per_sample(out.v_pred, out.v_target)
-            for b, (s, c) in enumerate(losses.loss_by_t(per, out.t, bins)):
-                by_t[b][0] += s
-                by_t[b][1] += c
-        ckpt_due, sample_due = eng.end_step(tc.lr * lr_scale, by_t_row)
+            eng.record_by_t("velocity_by_t", losses.velocity_mse_per_sample(out.v_pred, out.v_target), out.t)
+        ckpt_due, sample_due = eng.end_step(tc.lr * lr_scale)
         if ckpt_due:
             eng.save(parts)
         if sample_due and main:
@@ -191,9 +178,7 @@ def train(
         sample_grid()
     skipped = eng.extra["skipped_images"]
     summary = eng.finish(raw_model, {"skipped_images": skipped})
-    # a finished run started again exports nothing: model/ (and the latent statistics that
-    # encode-dataset may have recorded in its config) stays as it is
-    if main and (summary["steps_this_session"] or not (run_dir / "model" / WEIGHTS_NAME).is_file()):
+    if eng.export_due(summary):
         ema_model = build_model(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
         ema_model.save_pretrained(run_dir / "model")
