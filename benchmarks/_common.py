@@ -88,11 +88,20 @@ def eval_arm(
 
 
 def save(result: dict, path: Path) -> None:
+    if not result["rows"]:  # --train-only: nothing evaluated, nothing to write
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def add_row(result: dict, row: dict | None) -> None:
+    if row is not None:
+        result["rows"].append(row)
+
+
 def print_table(result: dict, label: str = "arm") -> None:
+    if not result["rows"]:
+        return
     print(f"\n{result['machine']}, {result['date']}: {result['command']}")
     print(f"{label:<22}{'steps':>7}{'dec':>5}{'PSNR':>16}{'SSIM':>17}{'fd_domain':>18}{'dec img/s':>11}")
     for r in result["rows"]:
@@ -118,6 +127,12 @@ def parse(doc: str, out: str, add=None):
     ap.add_argument("--out", default=out)
     ap.add_argument("--runs", default=None, help="trained arms, shared between benchmarks (default: OUT/../runs)")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny models, 3 steps, 16 images")
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the arms into the run cache and stop (e.g. one process per arm on a big machine); "
+        "a later run without it evaluates them without retraining",
+    )
     args = ap.parse_args()
     args.runs = Path(args.runs) if args.runs else Path(args.out).parent / "runs"
     limit, seeds = (16, [0]) if args.quick else (args.limit, [int(s) for s in args.seeds.split(",")])
@@ -135,9 +150,12 @@ def arm_row(
     grid: str | None = None,
     resolution: int | None = None,
     **extra,
-) -> dict:
-    """Train (or find) one arm, evaluate it, and return its result row."""
+) -> dict | None:
+    """Train (or find) one arm, evaluate it, and return its result row (None under --train-only)."""
     run, cfg, seconds, step = train_arm(args.runs, preset, overrides, args.steps, args.quick)
+    if args.train_only:
+        print(f"[{name}] trained: {run} (step {step}, {seconds:.0f} s)")
+        return None
     report = eval_arm(run, cfg.train.data, limit, list(decode_steps), seeds, grid, resolution)
     c, h, w = cfg.model.image_shape
     lc, lh, lw = cfg.model.latent_shape

@@ -14,7 +14,7 @@ smoke test that runs in seconds.
 
 from __future__ import annotations
 
-from _common import arm_row, parse, print_table, save
+from _common import add_row, arm_row, parse, print_table, save
 
 ARMS = {  # name -> (preset, overrides)
     "vae-1x": ("vae-fmnist", []),
@@ -29,7 +29,7 @@ def main() -> None:
     args, limit, seeds, out, result = parse(__doc__, "results/compression", add)
     for arm in args.arms.split(","):
         preset, overrides = ARMS[arm]
-        result["rows"].append(arm_row(arm, preset, overrides, args, limit, seeds))
+        add_row(result, arm_row(arm, preset, overrides, args, limit, seeds))
         save(result, out / "compression.json")  # after every arm
     print_table(result)
 

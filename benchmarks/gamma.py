@@ -8,7 +8,7 @@ decoding steps (reversed-log grid) over three seeds. PAPER.md section 3: γ = 0.
 
 from __future__ import annotations
 
-from _common import arm_row, parse, print_table, save
+from _common import add_row, arm_row, parse, print_table, save
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     args, limit, seeds, out, result = parse(__doc__, "results/gamma", add)
     for gamma in args.gammas.split(","):
         overrides = [f"model.flow.gamma={gamma}"]
-        result["rows"].append(arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds))
+        add_row(result, arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds))
         save(result, out / "gamma.json")
     print_table(result, "γ")
 

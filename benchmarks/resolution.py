@@ -1,6 +1,7 @@
 """Resolution generalisation: train at 32x32 on scikit-image photo crops, decode at 2x and 4x.
 
-    python benchmarks/resolution.py [--steps N] [--limit N] [--out results/resolution] [--quick]
+    python benchmarks/resolution.py [--presets vae-fmnist,eps-fmnist] [--resolutions 32,64,128] [--steps N]
+                                    [--limit N] [--out results/resolution] [--quick] [--train-only]
 
 VAE and ε-VAE (the Fashion-MNIST presets' networks, made RGB) train on random crops of
 the colour photos bundled with scikit-image at 32x32, then reconstruct fixed test crops
@@ -12,18 +13,21 @@ use a feature network trained to tell the photos' crops apart (`features:auto`).
 
 from __future__ import annotations
 
-from _common import arm_row, parse, print_table, save
+from _common import add_row, arm_row, parse, print_table, save
 
 RGB_PHOTOS = ["model.image_channels=3", "train.data=skimage-photos"]
 
 
 def main() -> None:
-    add = lambda ap: ap.add_argument("--resolutions", default="32,64,128")  # noqa: E731
+    def add(ap):
+        ap.add_argument("--resolutions", default="32,64,128")
+        ap.add_argument("--presets", default="vae-fmnist,eps-fmnist")
+
     args, limit, seeds, out, result = parse(__doc__, "results/resolution", add)
-    for preset in ("vae-fmnist", "eps-fmnist"):
+    for preset in args.presets.split(","):
         for res in [int(r) for r in args.resolutions.split(",")]:  # trains once, then resumes as done
             name = f"{preset.split('-')[0]} @ {res}px"
-            result["rows"].append(arm_row(name, preset, RGB_PHOTOS, args, limit, seeds, resolution=res))
+            add_row(result, arm_row(name, preset, RGB_PHOTOS, args, limit, seeds, resolution=res))
             save(result, out / "resolution.json")
     print_table(result)
 

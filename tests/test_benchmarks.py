@@ -93,6 +93,26 @@ def test_ablation_quick(fmnist, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_only_then_evaluate(fmnist, tmp_path):
+    """--train-only fills the run cache (one process per arm on a big machine) and writes no
+    results; the evaluation run afterwards finds those runs instead of retraining them."""
+    script = str(ROOT / "benchmarks" / "ablation.py")
+    bad = subprocess.run([sys.executable, script, "--quick", "--arms", "0,6"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--arms takes 1-based indices up to 5" in bad.stderr
+    trained = subprocess.run(
+        [sys.executable, script, "--quick", "--train-only", "--arms", "2", "--out", str(tmp_path / "a")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "[+ perceptual] trained:" in trained.stdout and not (tmp_path / "a").exists()
+    (run,) = (tmp_path / "runs").iterdir()
+    first = json.loads((run / "final.json").read_text())
+    row = _quick("ablation", tmp_path / "a", "--arms", "2")["rows"][0]
+    assert row["arm"] == "+ perceptual" and row["run"] == str(run)
+    assert row["train_seconds"] == first["total_seconds"] and "psnr" in row["eval"]["results"]["1"]
+
+
+@pytest.mark.slow
 def test_steps_quick(fmnist, tmp_path):
     result = _quick("steps", tmp_path / "s", "--decode-steps", "1,2,5")
     assert [r["arm"] for r in result["rows"]] == ["reversed-log", "uniform"]
