@@ -117,8 +117,11 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
+        # (3, N, heads, HW, C/heads) with the channel dimension contiguous: the fused kernels
+        # (flash, memory-efficient) need stride 1 there; strided views fall back to the math
+        # kernel, which materialises the HW x HW matrix (75 GiB for eps-sd-B at 512 px, batch 16)
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (N, heads, HW, C/heads)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous()
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(n, c, h, w)
         return x + self.proj(out)
