@@ -71,24 +71,26 @@ def lines_over_steps(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def over_compression(result: dict, path: Path) -> None:
-    """Quality against compression ratio: the VAE, and ε-VAE at each decoding step count."""
+def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: bool = False) -> None:
+    """Quality against a per-row quantity `x_of(row)` (compression, evaluation resolution):
+    the VAE, and ε-VAE at each decoding step count, one line each."""
     series: dict[str, list] = {}
     for row in result["rows"]:
         for steps, m in _points(row):
             kind = "VAE" if steps == "deterministic" else f"ε-VAE, {steps} step"
-            series.setdefault(kind, []).append((row["compression"], m))
+            series.setdefault(kind, []).append((x_of(row), m))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for kind, pts in series.items():
         pts.sort(key=lambda p: p[0])
         for ax, (k, name) in zip(axes, METRICS, strict=True):
             ax.errorbar([p[0] for p in pts], [p[1][k]["mean"] for p in pts], yerr=[p[1][k]["std"] for p in pts],
                         marker="o", capsize=3, label=kind)  # fmt: skip
-            ax.set_xlabel("compression (image values / latent values)")
-            ax.set_xscale("log", base=2)
+            ax.set_xlabel(xlabel)
+            if log2:
+                ax.set_xscale("log", base=2)
             ax.set_title(name, fontsize=9)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"quality vs compression ({result['machine']}, {result['date']})", fontsize=10)
+    fig.suptitle(f"{title} ({result['machine']}, {result['date']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -151,10 +153,14 @@ def main() -> None:
             lines_over_steps(result, out / f"{stem}.png")
         elif stem.startswith("generation"):
             generation_bars(result, out / f"{stem}.png")
+        elif stem.startswith("resolution"):  # trained at one size, evaluated at several
+            quality_over(result, lambda r: r["eval"]["resolution"], "evaluation resolution (px)",
+                         "quality vs resolution, trained at 32 px", out / f"{stem}.png", log2=True)  # fmt: skip
         else:
             bars(result, stem.split("_")[0], out / f"{stem}.png")
             if stem.startswith("compression") and len({r["compression"] for r in result["rows"]}) > 1:
-                over_compression(result, out / f"{stem}_vs_compression.png")
+                quality_over(result, lambda r: r["compression"], "compression (image values / latent values)",
+                             "quality vs compression", out / f"{stem}_vs_compression.png", log2=True)  # fmt: skip
         print(f"{name} -> {out / (stem + '.png')}")
     if args.recon:
         recon_grid(*args.recon, args.data, out / f"{args.name}.png")

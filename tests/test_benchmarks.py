@@ -139,6 +139,13 @@ def test_resolution_quick(tmp_path, monkeypatch):
     result = _quick("resolution", tmp_path / "r", "--resolutions", "32,64")
     assert [r["arm"] for r in result["rows"]] == ["vae @ 32px", "vae @ 64px", "eps @ 32px", "eps @ 64px"]
     assert result["rows"][1]["eval"]["resolution"] == 64
+    saved = tmp_path / "r" / "resolution.json"
+    plot = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(saved), "--out", str(tmp_path / "p")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert (tmp_path / "p" / "resolution.png").stat().st_size > 0
 
 
 @pytest.mark.slow
