@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -34,10 +35,11 @@ def bars(result: dict, title: str, path: Path) -> None:
     labels, values = [], {k: [] for k, _ in METRICS}
     for row in result["rows"]:
         for steps, m in _points(row):
-            labels.append(f"{row['arm']}\n{'VAE' if steps == 'deterministic' else steps + ' step'}")
+            arm = textwrap.fill(row["arm"], 9)  # long arm names wrap instead of running into the next
+            labels.append(f"{arm}\n{'VAE' if steps == 'deterministic' else steps + ' step'}")
             for k, _ in METRICS:
                 values[k].append((m[k]["mean"], m[k]["std"]))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(labels)), 4))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(labels)), 4.4))
     for ax, (k, name) in zip(axes, METRICS, strict=True):
         ax.bar(range(len(labels)), [v[0] for v in values[k]], yerr=[v[1] for v in values[k]], capsize=3)
         ax.set_xticks(range(len(labels)), labels, fontsize=7)

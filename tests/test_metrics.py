@@ -89,6 +89,11 @@ def test_eval_cli_on_tiny_models_writes_valid_json(fmnist, tmp_path, capsys):
         assert {"psnr", "ssim", "fd_domain", "decode_images_per_s"} <= set(row)
         assert "rfid_inception" not in row and len(row["psnr"]["values"]) == len(report["seeds"])
         assert "not Inception FID" in capsys.readouterr().out
+        assert report["grid"] == ("reversed-log" if preset.startswith("eps") else None)
+    out = tmp_path / "uniform.json"
+    args = ["eval", "--model", str(tmp_path / "eps-fmnist"), "--data", "fashion-mnist", "--limit", "4"]
+    assert main([*args, "--steps", "2", "--seeds", "0", "--grid", "uniform", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["grid"] == "uniform"
 
 
 def test_inception_offline_error_is_clear(monkeypatch, tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .flow import GRIDS
+
 
 def add_parsers(sub, command) -> None:
     p = sub.add_parser("train", help="train (or resume) an ε-VAE or VAE run")
@@ -47,7 +49,7 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="first N images")
     p.add_argument("--steps", type=int, default=None, help="decoding steps (ε-VAE; default from the config)")
-    p.add_argument("--grid", default=None, help="reversed-log or uniform (default from the config)")
+    p.add_argument("--grid", choices=GRIDS, default=None, help="ε-VAE time grid (default from the config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", required=True, help="output .npz with 'original' and 'reconstruction'")
@@ -61,6 +63,7 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--steps", default="1,3", help="comma-separated decoding step counts (ignored for a VAE)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated decoding seeds")
+    p.add_argument("--grid", choices=GRIDS, default=None, help="ε-VAE time grid (default from the config)")
     p.add_argument("--metrics", default="psnr,ssim,fid", help="from psnr,ssim,lpips,fid")
     p.add_argument(
         "--fid-features",
@@ -163,6 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.fid_features,
         args.lpips,
         device=args.device,
+        grid=args.grid,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

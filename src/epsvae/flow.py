@@ -95,6 +95,9 @@ def grid_uniform(steps: int) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, steps + 1)
 
 
+GRIDS = ("reversed-log", "uniform")  # inference time grids, by name
+
+
 def make_grid(name: str, steps: int) -> torch.Tensor:
     if name == "reversed-log":
         return grid_reversed_log(steps)
