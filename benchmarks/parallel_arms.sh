@@ -23,6 +23,11 @@ bench() { # NAME LOG ARGS...: one benchmark process in the background
     shift 2
     "$PY" "$B/$name.py" --out "$OUT/$name" --runs "$OUT/runs" "$@" >"$OUT/logs/$log.log" 2>&1 &
 }
+wait_all() { # WHAT: wait for every background process, then log how many failed
+    local failed=0 job
+    for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
+    stamp "$1 done ($failed failed)"
+}
 
 # the feature networks (perceptual loss and fd_domain) once, before several processes want them
 stamp "feature networks"
@@ -33,25 +38,17 @@ stamp "training: 8 arms in parallel"
 for g in 1.0 0.8 0.6 0.4; do bench gamma "train-gamma$g" --train-only --gammas "$g" "$@"; done
 for a in 1 2; do bench ablation "train-ablation$a" --train-only --arms "$a" "$@"; done
 for p in vae-fmnist eps-fmnist; do bench resolution "train-resolution-$p" --train-only --presets "$p" "$@"; done
-failed=0
-for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
-stamp "training done ($failed failed)"
+wait_all training
 
 stamp "evaluation"
 bench gamma eval-gamma --limit 2000 "$@"
 bench ablation eval-ablation --limit 2000 "$@"
 bench resolution eval-resolution "$@"
-failed=0
-for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
-stamp "evaluation done ($failed failed)"
+wait_all evaluation
 
 stamp "decoding speed (alone)"
-quick=0
-for a in "$@"; do [ "$a" = --quick ] && quick=1; done
-if [ $quick = 1 ]; then
-    "$PY" "$B/decode_speed.py" --quick --out "$OUT/decode-speed" >"$OUT/logs/decode-speed.log" 2>&1
-else
-    "$PY" "$B/decode_speed.py" --seconds "${DECODE_SECONDS:-3}" --out "$OUT/decode-speed" >"$OUT/logs/decode-speed.log" 2>&1
-fi
+timing=(--seconds "${DECODE_SECONDS:-3}")
+for a in "$@"; do [ "$a" = --quick ] && timing=(--quick); done
+"$PY" "$B/decode_speed.py" "${timing[@]}" --out "$OUT/decode-speed" >"$OUT/logs/decode-speed.log" 2>&1
 stamp "decoding speed done (exit $?)"
 stamp "all done"

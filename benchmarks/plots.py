@@ -150,7 +150,6 @@ def main() -> None:
         merged["command"] = " + ".join(result["command"] for _, result in inputs)
         inputs = [(args.combine, merged)]
     for stem, result in inputs:
-        name = stem
         if stem.startswith("steps"):
             lines_over_steps(result, out / f"{stem}.png")
         elif stem.startswith("generation"):
@@ -163,7 +162,7 @@ def main() -> None:
             if stem.startswith("compression") and len({r["compression"] for r in result["rows"]}) > 1:
                 quality_over(result, lambda r: r["compression"], "compression (image values / latent values)",
                              "quality vs compression", out / f"{stem}_vs_compression.png", log2=True)  # fmt: skip
-        print(f"{name} -> {out / (stem + '.png')}")
+        print(f"{stem} -> {out / (stem + '.png')}")
     if args.recon:
         recon_grid(*args.recon, args.data, out / f"{args.name}.png")
         print(f"reconstructions -> {out / (args.name + '.png')}")
