@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from epsvae.config import apply_overrides, to_dict  # noqa: E402
+from epsvae.config import ConfigError, apply_overrides, to_dict  # noqa: E402
 from epsvae.evaluate import evaluate  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
@@ -55,8 +55,11 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
     so an arm another benchmark already trained reports the time it took then."""
     overrides = overrides + (QUICK if quick else [])
     steps = 3 if quick else steps
-    run = run_dir(runs, preset, overrides, steps)
-    cfg = prepare_run(run, preset, overrides, steps=steps)
+    try:
+        run = run_dir(runs, preset, overrides, steps)
+        cfg = prepare_run(run, preset, overrides, steps=steps)
+    except ConfigError as e:  # a bad --set: say which, not a traceback
+        raise SystemExit(f"{preset} with {' '.join(overrides)}: {e}") from None
     train(run, cfg, progress=False)
     final = json.loads((run / "final.json").read_text())
     return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
@@ -126,6 +129,14 @@ def parse(doc: str, out: str, add=None):
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=out)
     ap.add_argument("--runs", default=None, help="trained arms, shared between benchmarks (default: OUT/../runs)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override added to every arm after the arm's own, e.g. --set train.loss.adv_weight=2 "
+        "(repeatable; recorded in each row's overrides, and part of the run cache's key)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny models, 3 steps, 16 images")
     ap.add_argument(
         "--train-only",
@@ -152,6 +163,7 @@ def arm_row(
     **extra,
 ) -> dict | None:
     """Train (or find) one arm, evaluate it, and return its result row (None under --train-only)."""
+    overrides = overrides + args.set
     run, cfg, seconds, step = train_arm(args.runs, preset, overrides, args.steps, args.quick)
     if args.train_only:
         print(f"[{name}] trained: {run} (step {step}, {seconds:.0f} s)")

@@ -113,6 +113,21 @@ def test_train_only_then_evaluate(fmnist, tmp_path):
 
 
 @pytest.mark.slow
+def test_set_overrides_every_arm(fmnist, tmp_path):
+    """--set adds an override after each arm's own: it wins, is recorded, and keys a new run."""
+    row = _quick("gamma", tmp_path / "g", "--gammas", "1.0", "--set", "train.loss.adv_weight=2.0")["rows"][0]
+    assert row["overrides"][0] == "model.flow.gamma=1.0" and "train.loss.adv_weight=2.0" in row["overrides"]
+    assert json.loads((Path(row["run"]) / "config.json").read_text())["train"]["loss"]["adv_weight"] == 2.0
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gamma.py"), "--quick", "--out", str(tmp_path / "b"),
+         "--set", "train.loss.adv_wieght=2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "unknown config key 'train.loss.adv_wieght'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
 def test_steps_quick(fmnist, tmp_path):
     result = _quick("steps", tmp_path / "s", "--decode-steps", "1,2,5")
     assert [r["arm"] for r in result["rows"]] == ["reversed-log", "uniform"]
