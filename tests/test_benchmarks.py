@@ -195,3 +195,28 @@ def test_generation_quick(fmnist, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert plot.returncode == 0 and (out / "generation.png").stat().st_size > 1000, plot.stderr[-2000:]
+
+
+def test_train_stats_windows(tmp_path):
+    """Window means of logged terms, the logit gap where both sides are logged, and a cut-off
+    last line (a killed run) skipped with a message."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps({"step": s, "velocity": 1.0 / s}) for s in (1, 2)]
+    lines += [json.dumps({"step": s, "velocity": 0.1, "d_real": 0.5, "d_fake": -0.25}) for s in (3, 4)]
+    (run / "stats.jsonl").write_text("\n".join(lines) + '\n{"step": 5, "veloc')
+    out = tmp_path / "stats.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_stats.py"), str(run), "--window", "2",
+         "--keys", "velocity,d_real,d_fake", "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "stats.jsonl:5: unreadable line skipped" in proc.stdout
+    first, second = json.loads(out.read_text())[str(run)]
+    assert first == {"steps": "1-2", "velocity": 0.75, "d_real": None, "d_fake": None}
+    assert second["steps"] == "3-4" and second["gap"] == 0.75 and second["velocity"] == 0.1
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_stats.py"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "no stats.jsonl" in missing.stderr
