@@ -16,7 +16,8 @@ def main() -> None:
     args, limit, seeds, out, result = parse(__doc__, "results/gamma", add)
     for gamma in args.gammas.split(","):
         overrides = [f"model.flow.gamma={gamma}"]
-        add_row(result, arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds))
+        row = arm_row(f"gamma={gamma}", "eps-fmnist", overrides, args, limit, seeds, gamma=float(gamma))
+        add_row(result, row)
         save(result, out / "gamma.json")
     print_table(result, "γ")
 

@@ -4,9 +4,9 @@
     python benchmarks/plots.py --recon VAE_MODEL EPS_MODEL [--data fashion-mnist] --out docs/
     python benchmarks/plots.py A.json B.json --combine compression_all --out docs/
 
-Each file is drawn by its kind (the rows' shape): compression (bars, and quality against
-compression), steps, gamma, ablation, resolution, generation. Quality panels show PSNR
-and fd_domain (Fréchet distance in the domain feature network's space, not Inception FID)
+Each file is drawn by its kind (its name's first word): compression (bars, and quality
+against compression), steps, gamma (quality against γ), ablation, resolution, generation.
+Quality panels show PSNR and fd_domain (Fréchet distance in the domain feature network's space, not Inception FID)
 with the spread over decoding seeds. `--recon` draws the same test images reconstructed
 by a VAE and by an ε-VAE at 1 and 3 decoding steps (seed 0), one row each.
 """
@@ -98,6 +98,11 @@ def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: 
     plt.close(fig)
 
 
+def _gamma(row: dict) -> float:
+    """A γ-sweep row's γ (rows written before the field existed carry it in the arm name)."""
+    return float(row["gamma"]) if "gamma" in row else float(row["arm"].removeprefix("gamma="))
+
+
 def generation_bars(result: dict, path: Path) -> None:
     """fd_domain of generated samples and end-to-end images/s, one bar per arm."""
     arms = [f"{r['arm']}\n{'x'.join(map(str, r['latent_shape']))}" for r in result["rows"]]
@@ -154,6 +159,8 @@ def main() -> None:
             lines_over_steps(result, out / f"{stem}.png")
         elif stem.startswith("generation"):
             generation_bars(result, out / f"{stem}.png")
+        elif stem.startswith("gamma"):  # one arm per γ: quality against γ, one line per step count
+            quality_over(result, _gamma, "noise scaling γ", "quality vs γ", out / f"{stem}.png")
         elif stem.startswith("resolution"):  # trained at one size, evaluated at several
             quality_over(result, lambda r: r["eval"]["resolution"], "evaluation resolution (px)",
                          "quality vs resolution, trained at 32 px", out / f"{stem}.png", log2=True)  # fmt: skip

@@ -76,6 +76,17 @@ def test_gamma_quick(fmnist, tmp_path):
     run = Path(result["rows"][1]["run"])
     assert run.parent == tmp_path / "runs"  # shared with the other benchmarks whose --out is a sibling
     assert json.loads((run / "config.json").read_text())["model"]["flow"]["gamma"] == 0.4
+    assert [r["gamma"] for r in result["rows"]] == [1.0, 0.4]
+    # the plot reads γ from the rows, or from the arm name in files written before that field
+    old = {**result, "rows": [{k: v for k, v in r.items() if k != "gamma"} for r in result["rows"]]}
+    (tmp_path / "gamma_old.json").write_text(json.dumps(old))
+    plot = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(tmp_path / "g" / "gamma.json"),
+         str(tmp_path / "gamma_old.json"), "--combine", "gamma_all", "--out", str(tmp_path / "plots")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert (tmp_path / "plots" / "gamma_all.png").stat().st_size > 0
 
 
 @pytest.mark.slow
