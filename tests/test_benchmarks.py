@@ -126,7 +126,9 @@ def test_train_only_then_evaluate(fmnist, tmp_path):
 @pytest.mark.slow
 def test_set_overrides_every_arm(fmnist, tmp_path):
     """--set adds an override after each arm's own: it wins, is recorded, and keys a new run."""
-    row = _quick("gamma", tmp_path / "g", "--gammas", "1.0", "--set", "train.loss.adv_weight=2.0")["rows"][0]
+    extra = ("--gammas", "1.0", "--set", "train.loss.adv_weight=2.0", "--grid", "uniform")
+    row = _quick("gamma", tmp_path / "g", *extra)["rows"][0]
+    assert row["grid"] == "uniform" and row["gamma"] == 1.0
     assert row["overrides"][0] == "model.flow.gamma=1.0" and "train.loss.adv_weight=2.0" in row["overrides"]
     assert json.loads((Path(row["run"]) / "config.json").read_text())["train"]["loss"]["adv_weight"] == 2.0
     bad = subprocess.run(
