@@ -233,3 +233,33 @@ def test_train_stats_windows(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "train_stats.py"), str(tmp_path)], capture_output=True, text=True
     )
     assert missing.returncode != 0 and "no stats.jsonl" in missing.stderr
+
+
+def test_disc_probe_quick(fmnist, tmp_path):
+    """The discriminator probe runs on an exported ε-VAE (x0_hat and the blur control, each
+    learning rate), writes scores in range, and refuses a VAE with a clear message."""
+    from epsvae import BaselineVAE, EpsilonVAE
+    from epsvae.config import apply_overrides
+    from epsvae.presets import model_config
+
+    tiny = ["encoder.channels=4", "decoder.channels=4", "decoder.head_channels=4", "discriminator.channels=4"]
+    script = str(ROOT / "benchmarks" / "disc_probe.py")
+    EpsilonVAE(apply_overrides(model_config("eps-fmnist"), tiny)).save_pretrained(tmp_path / "eps")
+    proc = subprocess.run(
+        [sys.executable, script, "--model", str(tmp_path / "eps"), "--quick", "--out", str(tmp_path / "p")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "p" / "disc_probe.json").read_text())["rows"]
+    assert [(r["fake"], r["lr"]) for r in rows] == [
+        ("x0_hat", 2e-4),
+        ("x0_hat", 1e-3),
+        ("blur2x2", 2e-4),
+        ("blur2x2", 1e-3),
+    ]
+    assert all(0 <= r["heldout_rank_accuracy"] <= 1 and r["fake_l1"] > 0 and r["steps"] == 3 for r in rows)
+    BaselineVAE(apply_overrides(model_config("vae-fmnist"), tiny[:2])).save_pretrained(tmp_path / "vae")
+    bad = subprocess.run(
+        [sys.executable, script, "--model", str(tmp_path / "vae"), "--quick"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "needs an ε-VAE" in bad.stderr and "Traceback" not in bad.stderr
