@@ -23,13 +23,16 @@ def main() -> None:
 
     args, limit, seeds, out, result = parse(__doc__, "results/steps", add)
     if args.model:
+        if args.set:
+            raise SystemExit("--set changes the arm to train; with --model nothing is trained")
         run, train_steps = Path(args.model), "-"
     else:
-        run, _, _, train_steps = train_arm(args.runs, "eps-fmnist", [], args.steps, args.quick)
+        run, _, _, train_steps = train_arm(args.runs, "eps-fmnist", args.set, args.steps, args.quick)
     decode_steps = [int(s) for s in args.decode_steps.split(",")]
     for grid in ("reversed-log", "uniform"):
         report = eval_arm(run, args.data, limit, decode_steps, seeds, grid=grid)
-        result["rows"].append({"arm": grid, "model": str(run), "train_steps": train_steps, "eval": report})
+        row = {"arm": grid, "model": str(run), "overrides": args.set, "train_steps": train_steps, "eval": report}
+        result["rows"].append(row)
         save(result, out / "steps.json")
     print_table(result, "grid")
 
