@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from _common import DEVICE, new_result, save  # also puts src/ on the path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from _common import DEVICE, new_result  # noqa: E402
-
-from epsvae import load_pretrained  # noqa: E402
-from epsvae.config import LossConfig  # noqa: E402
-from epsvae.data import load_batch, open_dataset  # noqa: E402
-from epsvae.losses import disc_pair, discriminator_loss  # noqa: E402
-from epsvae.models import EpsilonVAE, build_discriminator  # noqa: E402
+from epsvae import load_pretrained
+from epsvae.config import LossConfig
+from epsvae.data import load_batch, open_dataset
+from epsvae.losses import disc_pair, discriminator_loss
+from epsvae.models import EpsilonVAE, build_discriminator
 
 
 def blur(x: torch.Tensor) -> torch.Tensor:
@@ -122,9 +118,7 @@ def main() -> None:
                 f"{row['heldout_gap']:>14.3f}{row['heldout_rank_accuracy']:>10.3f}",
                 flush=True,
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "disc_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    save(result, Path(args.out) / "disc_probe.json")
     print("rank acc: share of held-out pairs whose real pair scores above its fake (0.5: chance)")
 
 

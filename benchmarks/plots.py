@@ -6,8 +6,8 @@
 
 Each file is drawn by its kind (its name's first word): compression (bars, and quality
 against compression), steps, gamma (quality against γ), ablation, resolution, generation.
-Quality panels show PSNR and fd_domain (Fréchet distance in the domain feature network's space, not Inception FID)
-with the spread over decoding seeds. `--recon` draws the same test images reconstructed
+Quality panels show PSNR and fd_domain (Fréchet distance in the domain feature network's
+space, not Inception FID) with the spread over decoding seeds. `--recon` draws the same test images reconstructed
 by a VAE and by an ε-VAE at 1 and 3 decoding steps (seed 0), one row each.
 """
 
