@@ -6,9 +6,11 @@
 
 Each file is drawn by its kind (its name's first word): compression (bars, and quality
 against compression), steps, gamma (quality against γ), ablation, resolution, generation.
-Quality panels show PSNR and fd_domain (Fréchet distance in the domain feature network's
-space, not Inception FID) with the spread over decoding seeds. `--recon` draws the same test images reconstructed
-by a VAE and by an ε-VAE at 1 and 3 decoding steps (seed 0), one row each.
+Quality panels show PSNR, fd_indep (Fréchet distance in the independent network's space, the
+measure no training loss uses) and, where the file has it, fd_domain (in the perceptual loss's
+own network's space), with the spread over decoding seeds; none of them is Inception FID.
+`--recon` draws the same test images reconstructed by a VAE and by an ε-VAE at 1 and 3
+decoding steps (seed 0), one row each.
 """
 
 from __future__ import annotations
@@ -23,24 +25,35 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METRICS = [("psnr", "PSNR (dB), higher is better"), ("fd_domain", "fd_domain, lower is better")]
+METRIC_NAMES = {
+    "psnr": "PSNR (dB), higher is better",
+    "fd_indep": "fd_indep, lower is better",
+    "fd_domain": "fd_domain (the loss's own network), lower is better",
+}
 
 
 def _points(row: dict):
     return row["eval"]["results"].items()  # (decoding steps or 'deterministic', metrics)
 
 
+def metrics_of(result: dict) -> list[tuple[str, str]]:
+    """The quality panels a result file has: PSNR, then fd_indep and fd_domain where measured."""
+    first = next(iter(_points(result["rows"][0])))[1]
+    return [(k, name) for k, name in METRIC_NAMES.items() if k in first]
+
+
 def bars(result: dict, title: str, path: Path) -> None:
-    """One bar per (arm, decoding steps), for PSNR and fd_domain."""
-    labels, values = [], {k: [] for k, _ in METRICS}
+    """One bar per (arm, decoding steps), for PSNR and the Fréchet distances."""
+    metrics = metrics_of(result)
+    labels, values = [], {k: [] for k, _ in metrics}
     for row in result["rows"]:
         for steps, m in _points(row):
             arm = textwrap.fill(row["arm"], 9)  # long arm names wrap instead of running into the next
             labels.append(f"{arm}\n{'VAE' if steps == 'deterministic' else steps + ' step'}")
-            for k, _ in METRICS:
+            for k, _ in metrics:
                 values[k].append((m[k]["mean"], m[k]["std"]))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(labels)), 4.4))
-    for ax, (k, name) in zip(axes, METRICS, strict=True):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4 * len(metrics), 0.65 * len(metrics) * len(labels)), 4.4))
+    for ax, (k, name) in zip(axes, metrics, strict=True):
         ax.bar(range(len(labels)), [v[0] for v in values[k]], yerr=[v[1] for v in values[k]], capsize=3)
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
         ax.set_title(name, fontsize=9)
@@ -52,10 +65,11 @@ def bars(result: dict, title: str, path: Path) -> None:
 
 def lines_over_steps(result: dict, path: Path) -> None:
     """Quality against decoding steps, one line per grid."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    metrics = metrics_of(result)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
     for row in result["rows"]:
         pts = [(int(s), m) for s, m in _points(row)]
-        for ax, (k, name) in zip(axes, METRICS, strict=True):
+        for ax, (k, name) in zip(axes, metrics, strict=True):
             ax.errorbar(
                 [p[0] for p in pts],
                 [p[1][k]["mean"] for p in pts],
@@ -81,10 +95,11 @@ def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: 
         for steps, m in _points(row):
             kind = "VAE" if steps == "deterministic" else f"ε-VAE, {steps} step"
             series.setdefault(kind, []).append((x_of(row), m))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    metrics = metrics_of(result)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
     for kind, pts in series.items():
         pts.sort(key=lambda p: p[0])
-        for ax, (k, name) in zip(axes, METRICS, strict=True):
+        for ax, (k, name) in zip(axes, metrics, strict=True):
             ax.errorbar([p[0] for p in pts], [p[1][k]["mean"] for p in pts], yerr=[p[1][k]["std"] for p in pts],
                         marker="o", capsize=3, label=kind)  # fmt: skip
             ax.set_xlabel(xlabel)
@@ -104,10 +119,11 @@ def _gamma(row: dict) -> float:
 
 
 def generation_bars(result: dict, path: Path) -> None:
-    """fd_domain of generated samples and end-to-end images/s, one bar per arm."""
+    """Fréchet distances of generated samples and end-to-end images/s, one bar per arm."""
     arms = [f"{r['arm']}\n{'x'.join(map(str, r['latent_shape']))}" for r in result["rows"]]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    panels = [("fd_domain", "generation fd_domain, lower is better"), ("images_per_s", "images/s end to end")]
+    panels = [(k, f"generation {k}, lower is better") for k in ("fd_indep", "fd_domain") if k in result["rows"][0]]
+    panels.append(("images_per_s", "images/s end to end"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (key, name) in zip(axes, panels, strict=True):
         ax.bar(range(len(arms)), [r[key] for r in result["rows"]])
         ax.set_xticks(range(len(arms)), arms, fontsize=8)

@@ -4,6 +4,7 @@
 # a metrics table to runs/quickstart/. Running it again resumes the same run for MINUTES more.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EPSVAE_EXTRAS="${EPSVAE_EXTRAS:-tensorboard}"  # the main job needs no test or benchmark tools
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 if ! python -c "from epsvae.data import find_fashion_mnist as f; f(download=False)" >/dev/null 2>&1; then

@@ -1,3 +1,6 @@
+import importlib
+import os
+
 import pytest
 import torch
 
@@ -29,6 +32,9 @@ def _private_cache(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's cache (~/.cache/epsvae): a network trained on a
     test's stand-in data once leaked there and was then used by real runs."""
     monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path_factory.getbasetemp() / "epsvae-cache"))
+    # the automatic feature networks train for minutes on real data; on the tests' stand-in
+    # data two steps are enough (the private cache above keeps them out of real runs)
+    monkeypatch.setenv("EPSVAE_FEATURE_STEPS", "2")
 
 
 @pytest.fixture
@@ -40,3 +46,10 @@ def fmnist(tmp_path, monkeypatch):
     monkeypatch.setenv("EPSVAE_DATA", str(root))
     monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
     return root
+
+
+def need(module: str):
+    """Import `module`: skipped where it is not installed, except in CI (CI=true), which installs it."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

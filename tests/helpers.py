@@ -5,6 +5,20 @@ from pathlib import Path
 
 import numpy as np
 
+# eps-fmnist, shrunk to run a step in milliseconds
+TINY = [
+    "--set", "model.encoder.channels=4",
+    "--set", "model.decoder.channels=4",
+    "--set", "model.decoder.head_channels=4",
+    "--set", "model.discriminator.channels=4",
+    "--set", "train.loss.disc_start=1",
+    "--set", "train.loss.r1_every=2",
+    "--set", "train.log_every=1",
+    "--set", "train.warmup=2",
+    "--batch-size", "4",
+    "--no-progress",
+]  # fmt: skip
+
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
@@ -37,4 +51,24 @@ def write_image_folder(root: Path, n: int = 4, size: int = 40, corrupt: int = 1)
         Image.fromarray(rng.integers(0, 255, size=(size, size + 8, 3), dtype=np.uint8)).save(sub / f"img{i}.png")
     for i in range(corrupt):
         (root / "class0" / f"broken{i}.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    return root
+
+
+def write_photo_folder(root: Path, n: int = 50, classes: bool = False, corrupt: int = 0) -> Path:
+    """`n` RGB photos of mixed sizes (20-60 px a side), half JPEG and half PNG, with smooth
+    colour gradients (so crops differ), optionally sorted into three class sub-folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(20, 61, size=2))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.integers(0, 256, size=3)
+        img = (base + 90 * np.sin(xx[..., None] / rng.uniform(2, 8) + yy[..., None] / rng.uniform(2, 8) + i)) % 256
+        sub = root / f"kind{i % 3}" if classes else root
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(img.astype(np.uint8)).save(sub / f"photo{i:03d}.{'jpg' if i % 2 else 'png'}")
+    for i in range(corrupt):
+        (root / f"broken{i}.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     return root

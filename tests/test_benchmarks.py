@@ -65,7 +65,7 @@ def _quick(script: str, out: Path, *extra: str) -> dict:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "not Inception FID" in proc.stdout
+    assert "fd_indep" in proc.stdout and "not FID" in proc.stdout
     return json.loads((out / f"{script}.json").read_text())
 
 
@@ -200,9 +200,9 @@ def test_generation_quick(fmnist, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "generation.json").read_text())["rows"]
     assert [r["arm"] for r in rows] == ["vae-1x", "eps-2x"] and [r["compression"] for r in rows] == [8.0, 16.0]
-    assert all(r["fd_domain"] > 0 and r["images_per_s"] > 0 and r["dit_steps"] == 2 for r in rows)
+    assert all(r["fd_indep"] > 0 and r["fd_domain"] > 0 and r["images_per_s"] > 0 and r["dit_steps"] == 2 for r in rows)
     assert rows[1]["decode_steps"] == 3 and rows[0]["decode_steps"] is None
-    assert (out / "eps-2x" / "samples.png").is_file() and "not Inception FID" in proc.stdout
+    assert (out / "eps-2x" / "samples.png").is_file() and "not FID" in proc.stdout
     plot = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(out / "generation.json"), "--out", str(out)],
         capture_output=True, text=True, timeout=120,

@@ -40,7 +40,7 @@ def test_sd_and_fmnist_presets():
 
 def test_every_preset_builds_a_valid_config():
     expected = {f"{k}-lite-{s}" for k in ("eps", "vae") for s in PAPER}
-    expected |= {"eps-sd-B", "eps-sd-M", "eps-sd-H", "eps-fmnist", "vae-fmnist"}
+    expected |= {"eps-sd-B", "eps-sd-M", "eps-sd-H", "eps-fmnist", "vae-fmnist", "eps-photo", "vae-photo"}
     assert set(PRESETS) == expected
     for name in PRESETS:
         cfg = model_config(name)
@@ -64,14 +64,19 @@ def test_unknown_keys_and_bad_values_are_errors(capsys):
     with pytest.raises(ConfigError, match="unknown preset 'eps-tiny'"):
         model_config("eps-tiny")
     assert apply_overrides(cfg, ["decoder.channels=16", "flow.gamma=1"]).decoder.channels == 16
-    assert main(["info", "eps-fmnist", "--set", "flow.gamma=2"]) == 2
+    assert main(["info", "eps-fmnist", "--set", "model.flow.gamma=2"]) == 2
     assert "flow.gamma must be in (0, 1]" in capsys.readouterr().err
+    # one spelling for info, train and eval: a bare model key is refused with the right one
+    assert main(["info", "eps-fmnist", "--set", "image_size=64"]) == 2
+    assert "did you mean 'model.image_size'?" in capsys.readouterr().err
+    assert main(["info", "eps-fmnist", "--set", "model.image_size=64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_shape"] == [1, 64, 64]
 
 
 def test_override_changes_counts():
-    small = preset_info("eps-fmnist", ["decoder.channels=16"])
+    small = preset_info("eps-fmnist", ["model.decoder.channels=16"])
     assert small["params"]["decoder"] < preset_info("eps-fmnist")["params"]["decoder"]
-    f8 = preset_info("eps-fmnist", ["encoder.channel_mult=[1,2,2,2]"])
+    f8 = preset_info("eps-fmnist", ["model.encoder.channel_mult=[1,2,2,2]"])
     assert f8["latent_shape"] == [2, 4, 4] and f8["downsample"] == 8
 
 

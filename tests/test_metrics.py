@@ -82,13 +82,14 @@ def test_eval_cli_on_tiny_models_writes_valid_json(fmnist, tmp_path, capsys):
         args = ["eval", "--model", str(tmp_path / preset), "--data", "fashion-mnist", "--limit", "12"]
         assert main([*args, "--steps", "1,2", "--seeds", "0,1", "--out", str(out)]) == 0
         report = json.loads(out.read_text())
-        assert report["n_images"] == 12 and report["fid_features"] == "features:auto"
+        assert report["n_images"] == 12 and report["fid_features"] == "indep"
         keys = ["1", "2"] if preset.startswith("eps") else ["deterministic"]
         assert list(report["results"]) == keys
         row = report["results"][keys[0]]
-        assert {"psnr", "ssim", "fd_domain", "decode_images_per_s"} <= set(row)
-        assert "rfid_inception" not in row and len(row["psnr"]["values"]) == len(report["seeds"])
-        assert "not Inception FID" in capsys.readouterr().out
+        assert {"psnr", "ssim", "fd_indep", "decode_images_per_s"} <= set(row)
+        assert "rfid_inception" not in row and "fd_domain" not in row
+        assert len(row["psnr"]["values"]) == len(report["seeds"])
+        assert "no loss trained on it; not FID" in capsys.readouterr().out
         assert report["grid"] == ("reversed-log" if preset.startswith("eps") else None)
     out = tmp_path / "uniform.json"
     args = ["eval", "--model", str(tmp_path / "eps-fmnist"), "--data", "fashion-mnist", "--limit", "4"]

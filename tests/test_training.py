@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,21 +17,7 @@ from epsvae.perceptual import FeatureDistance, FeatureNet
 from epsvae.train import TrainingDiverged, load_checkpoint
 
 from conftest import tiny_config
-from helpers import write_image_folder
-
-# eps-fmnist, shrunk to run a step in milliseconds
-TINY = [
-    "--set", "model.encoder.channels=4",
-    "--set", "model.decoder.channels=4",
-    "--set", "model.decoder.head_channels=4",
-    "--set", "model.discriminator.channels=4",
-    "--set", "train.loss.disc_start=1",
-    "--set", "train.loss.r1_every=2",
-    "--set", "train.log_every=1",
-    "--set", "train.warmup=2",
-    "--batch-size", "4",
-    "--no-progress",
-]  # fmt: skip
+from helpers import TINY, write_image_folder
 
 
 def _train(out, *extra):
@@ -111,9 +98,14 @@ def test_resume_is_bitwise_identical(fmnist, tmp_path):
     b = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
     assert a == b
     stats = [json.loads(line) for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in stats] == [1, 2, 3, 4, 5, 6]
-    assert {"velocity", "perceptual", "adv", "disc", "d_real", "images_per_s", "peak_memory_mb"} <= set(stats[-1])
-    assert len(stats[-1]["velocity_by_t"]) == 5
+    rows = [s for s in stats if "loss" in s]
+    assert [s["step"] for s in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"velocity", "perceptual", "adv", "disc", "d_real", "images_per_s", "peak_memory_mb"} <= set(rows[-1])
+    assert len(rows[-1]["velocity_by_t"]) == 5
+    # validation on the held-out batch at the end of each session (eval_every is 500)
+    checks = [s for s in stats if "val_psnr_1" in s]
+    assert [s["step"] for s in checks] == [3, 6]
+    assert all(np.isfinite(s["val_fd_indep_3"]) and s["val_psnr_3"] > 0 for s in checks)
     assert (tmp_path / "a" / "samples" / "step0000000.png").is_file()
     assert (tmp_path / "a" / "tb").is_dir()
     # export = the EMA weights of the checkpoint, loadable
@@ -163,6 +155,8 @@ def test_vae_trains_on_a_folder_with_a_corrupt_image(tmp_path, monkeypatch):
     assert main(args) == 0
     final = json.loads((tmp_path / "r" / "final.json").read_text())
     assert final["skipped_images"] >= 1
+    logged = (tmp_path / "r" / "skipped_images.txt").read_text().splitlines()
+    assert len(logged) == final["skipped_images"] and all("broken0.jpg\t" in line for line in logged)
     assert isinstance(load_pretrained(tmp_path / "r" / "model"), BaselineVAE)
 
 
@@ -254,12 +248,13 @@ def test_checkpoint_from_another_config_or_damaged_fails_clearly(fmnist, tmp_pat
 
 
 def test_features_auto_is_keyed_by_the_data_it_was_trained_on(fmnist, tmp_path):
-    from epsvae.perceptual import dataset_fingerprint, features_auto_dir
+    from epsvae.features import auto_network_dir, dataset_fingerprint
 
-    first = features_auto_dir("fashion-mnist")
-    assert first.name == f"features-fashion-mnist-{dataset_fingerprint('fashion-mnist')}"
+    first = auto_network_dir("perceptual", "fashion-mnist", 32, 1)
+    assert first.name == f"perceptual-fashion-mnist-32px-1c-{dataset_fingerprint('fashion-mnist')}"
+    assert auto_network_dir("indep", "fashion-mnist", 32, 1).name.startswith("indep-fashion-mnist-")
     # other files under the same spec (here: a larger stand-in) -> another cache entry
     from helpers import write_fake_fashion_mnist
 
     write_fake_fashion_mnist(fmnist, n_train=80)
-    assert features_auto_dir("fashion-mnist") != first
+    assert auto_network_dir("perceptual", "fashion-mnist", 32, 1) != first

@@ -28,12 +28,13 @@ def command(name: str):
 
 
 def preset_info(name: str, overrides: list[str] | None = None) -> dict:
-    """Exact parameter counts and shapes of a preset, built on the meta device (no memory, instant)."""
-    from .models import build_model
+    """Exact parameter counts and shapes of a preset, built on the meta device (no memory, instant).
 
-    config = model_config(name)
-    if overrides:
-        config = apply_overrides(config, overrides)
+    `overrides` use the spelling of `epsvae train --set`: model.image_size=64, model.decoder.channels=96."""
+    from .models import build_model
+    from .presets import run_config
+
+    config = apply_overrides(run_config(name), overrides).model if overrides else model_config(name)
     with torch.device("meta"):
         params = build_model(config).num_parameters()
     return {
@@ -52,10 +53,9 @@ def generator_info(name: str, latent: str = "4,32,32", classes: int = 1000, over
     from .presets import generator_run_config
 
     c, h, w = (int(v) for v in latent.split(","))
-    cfg = generator_run_config(name).model
-    cfg = apply_overrides(cfg, {"latent_channels": c, "latent_size": h, "num_classes": classes})
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
+    run = generator_run_config(name)
+    run = apply_overrides(run, {"model.latent_channels": c, "model.latent_size": h, "model.num_classes": classes})
+    cfg = (apply_overrides(run, overrides) if overrides else run).model
     with torch.device("meta"):
         params = sum(p.numel() for p in LatentGenerator(cfg).parameters())
     tokens = (h // cfg.patch_size) * (w // cfg.patch_size)
@@ -107,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--latent", default="4,32,32", help="DiT presets: latent C,H,W (default 4,32,32)")
     p.add_argument("--classes", type=int, default=1000, help="DiT presets: number of classes (default 1000)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override as in `epsvae train`, e.g. model.image_size=64 (repeatable)",
+    )
 
     from . import cli_gen, cli_train
 

@@ -68,8 +68,9 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--limit", type=int, help="real images to use (default: the whole split)")
     p.add_argument(
         "--fid-features",
-        default="features:auto",
-        help="inception[:PATH] (standard FID) or features:PATH|auto (domain network, reported as fd_domain)",
+        default="indep",
+        help="indep[:PATH] (the independent network, fd_indep; default), inception[:PATH] (standard FID) or "
+        "features:PATH|auto (the perceptual loss's network, fd_domain)",
     )
     p.add_argument("--device", default=_DEVICE)
     p.add_argument("--out", help="JSON report")
@@ -152,8 +153,10 @@ def _eval_gen(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    name = "fid_inception" if "fid_inception" in report else "fd_domain"
+    from .evaluate import FD_NOTES
+
+    name = next(k for k in ("fid_inception", "fd_indep", "fd_domain") if k in report)
     print(f"{name} {report[name]:.4f} ({report['n_samples']} samples vs {report['n_real']} {args.data}/{args.split})")
-    if name == "fd_domain":
-        print("fd_domain: Fréchet distance in the domain feature network's space (not Inception FID)")
+    if name in FD_NOTES:
+        print(FD_NOTES[name])
     return 0

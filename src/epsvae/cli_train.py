@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .features import OBJECTIVES
 from .flow import GRIDS
+
+_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_parsers(sub, command) -> None:
@@ -21,6 +24,12 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--steps", type=int, help="total steps (default: the preset's full budget)")
     p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpointed; resumable)")
     p.add_argument("--batch-size", type=int, help="batch size per process")
+    p.add_argument("--resolution", type=int, help="training image size (sets model.image_size)")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        help="start a new run from an exported model's weights (fine-tune at another resolution, lr or data)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -52,6 +61,8 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--grid", choices=GRIDS, default=None, help="ε-VAE time grid (default from the config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--resolution", type=int, help="image size to reconstruct at (default: the model's)")
+    p.add_argument("--device", default=_DEVICE)
     p.add_argument("--out", required=True, help="output .npz with 'original' and 'reconstruction'")
     p.add_argument("--png", help="also save a grid of the first 16 pairs")
     command("reconstruct")(_reconstruct)
@@ -67,19 +78,29 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--metrics", default="psnr,ssim,fid", help="from psnr,ssim,lpips,fid")
     p.add_argument(
         "--fid-features",
-        default="features:auto",
-        help="inception[:PATH] (standard rFID) or features:PATH|auto (domain network, reported as fd_domain)",
+        default="indep",
+        help="comma-separated: indep[:PATH] (the independent network, fd_indep; default), inception[:PATH] "
+        "(standard rFID) or features:PATH|auto (the perceptual loss's network, fd_domain)",
     )
     p.add_argument("--lpips", default="lpips-vgg", help="perceptual backbone for the lpips metric")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resolution", type=int, help="evaluate at this image size (default: the model's; zero-shot)")
+    p.add_argument("--device", default=_DEVICE)
     p.add_argument("--out", required=True, help="JSON report")
     command("eval")(_eval)
 
-    p = sub.add_parser("features", help="the offline feature network (perceptual loss, domain FID)")
+    p = sub.add_parser("features", help="the offline feature networks (perceptual loss, fd_domain, fd_indep)")
     fsub = p.add_subparsers(dest="features_command", required=True)
-    q = fsub.add_parser("train", help="train it as a classifier on a labelled dataset")
+    q = fsub.add_parser("train", help="train one on a dataset (labelled or not)")
     q.add_argument("--data", required=True)
     q.add_argument("--out", required=True)
+    q.add_argument(
+        "--objective",
+        default="auto",
+        choices=("auto", *OBJECTIVES),
+        help="auto: classes for labelled data, else rotation (the perceptual network's choice)",
+    )
+    q.add_argument("--resolution", type=int, help="image folders: image size (default 64)")
+    q.add_argument("--channels", type=int, choices=(1, 3), help="image folders: default the images' own")
     q.add_argument("--epochs", type=float, default=2.0)
     command("features")(_features)
 
@@ -87,7 +108,8 @@ def add_parsers(sub, command) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .train import prepare_run, train
 
-    cfg = prepare_run(args.out, args.preset, args.set, args.data, args.steps, args.batch_size)
+    overrides = args.set + ([f"model.image_size={args.resolution}"] if args.resolution else [])
+    cfg = prepare_run(args.out, args.preset, overrides, args.data, args.steps, args.batch_size, args.init_from)
     summary = train(args.out, cfg, minutes=args.minutes, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line under torchrun
         print(json.dumps({k: summary[k] for k in ("step", "seconds", "world_size", "effective_batch_size")}))
@@ -134,9 +156,11 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .metrics import psnr
     from .models import load_pretrained
 
-    model = load_pretrained(args.model)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    model = load_pretrained(args.model, args.device)
     cfg = model.config
-    ds = open_dataset(args.data, args.split, cfg.image_size, cfg.image_channels)
+    ds = open_dataset(args.data, args.split, args.resolution or cfg.image_size, cfg.image_channels)
     original, reconstruction = reconstruct_dataset(
         model, ds, args.limit, args.steps, args.grid, args.seed, args.batch_size
     )
@@ -167,6 +191,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.lpips,
         device=args.device,
         grid=args.grid,
+        resolution=args.resolution,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -177,5 +202,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     from .features import train_feature_net
 
-    train_feature_net(args.data, args.out, epochs=args.epochs)
+    resolution = args.resolution or (64 if args.data.startswith("folder:") else None)
+    train_feature_net(args.data, args.out, args.objective, args.epochs, resolution=resolution, channels=args.channels)
     return 0

@@ -165,6 +165,11 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     sample_every: int = 1000
+    # validation on a fixed held-out batch (the test split): PSNR and fd_indep every
+    # `eval_every` steps (0: never), into stats.jsonl and TensorBoard
+    eval_every: int = 0
+    eval_images: int = 256
+    init_from: str | None = None  # an exported model directory whose weights start the run (fine-tuning)
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -333,9 +338,23 @@ def apply_overrides(cfg: T, overrides: dict[str, Any] | list[str]) -> T:
         parts = key.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown config key {key!r}")
+                raise ConfigError(f"unknown config key {key!r}{_hint(data, key)}")
             node = node[part]
         if parts[-1] not in node:
-            raise ConfigError(f"unknown config key {key!r}; valid here: {', '.join(sorted(node))}")
+            raise ConfigError(f"unknown config key {key!r}{_hint(data, key)}; valid here: {', '.join(sorted(node))}")
         node[parts[-1]] = value
     return from_dict(type(cfg), data)
+
+
+def _hint(data: dict[str, Any], key: str) -> str:
+    """' (did you mean 'model.image_size'?)' when `key` exists one section down (one spelling everywhere)."""
+    for section, sub in data.items():
+        node = sub
+        for part in key.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            return f" (did you mean '{section}.{key}'?)"
+    return ""
+
+
+_MISSING = object()

@@ -12,12 +12,15 @@ import gzip
 import hashlib
 import os
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .folders import DataError, ImageFolder, crop_resize
+
+__all__ = ["DataError", "FashionMNIST", "ImageFolder", "SkimagePhotos", "StepBatches", "open_dataset"]
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -27,11 +30,6 @@ FMNIST_FILES = {  # official gzip files and their MD5 (as torchvision checks the
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-class DataError(ValueError):
-    """A dataset that cannot be found, read or used."""
 
 
 def cache_dir() -> Path:
@@ -117,104 +115,10 @@ class FashionMNIST(torch.utils.data.Dataset):
         x = self.images[indices].unsqueeze(1).float() / 127.5 - 1.0
         return x, self.labels[indices]
 
-    def __getitem__(self, item) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, int, tuple[str, ...]]:
         index = item[0] if isinstance(item, tuple) else item
         x, y = self.batch(torch.tensor([index]))
-        return x[0], int(y[0]), 0
-
-
-# --------------------------------------------------------------------------- image folders
-
-
-def _load_image(path: Path, mode: str, max_pixels: int) -> Image.Image:
-    """Open and fully decode an image; refuse decompression bombs (more than `max_pixels`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img.convert(mode)
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-
-
-def _crop(img: Image.Image, resolution: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """Resize the short side to `resolution`, crop a square (random if `rng`, else centred), flip at random."""
-    w, h = img.size
-    scale = resolution / min(w, h)
-    if scale != 1:
-        img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-    w, h = img.size
-    if rng is None:
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-    else:
-        left, top = int(rng.integers(0, w - resolution + 1)), int(rng.integers(0, h - resolution + 1))
-    arr = np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
-    if rng is not None and rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    x = torch.from_numpy(arr.copy()).float() / 127.5 - 1.0
-    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-
-
-class ImageFolder(torch.utils.data.Dataset):
-    """Every image under `root` (recursively). Class labels from first-level sub-folders, if any.
-
-    Unreadable or corrupt files are skipped (the next file is used) and counted in
-    `skipped`, per process; `strict=True` raises instead.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        resolution: int,
-        channels: int = 3,
-        train: bool = True,
-        strict: bool = False,
-        max_pixels: int = 89_478_485,  # PIL's default bomb limit
-    ):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"image folder {self.root} does not exist")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not self.files:
-            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
-        classes = sorted(
-            {p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1}
-        )
-        self.class_index = {c: i for i, c in enumerate(classes)}
-        self.num_classes = len(classes)  # 0 without class sub-folders
-        self.resolution, self.channels, self.train, self.strict = resolution, channels, train, strict
-        self.mode = {1: "L", 3: "RGB"}[channels]
-        self.max_pixels = max_pixels
-        self.flip_ok = True
-        self.skipped = 0
-        self.skipped_files: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def _label(self, path: Path) -> int:
-        parts = path.relative_to(self.root).parts
-        return self.class_index.get(parts[0], -1) if len(parts) > 1 else -1
-
-    def __getitem__(self, item) -> tuple[torch.Tensor, int, int]:
-        """item: index or (index, seed). Returns (image, label, number of files skipped to get it)."""
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        rng = np.random.default_rng(seed) if self.train else None
-        for attempt in range(min(len(self.files), 50)):
-            path = self.files[(index + attempt) % len(self.files)]
-            try:
-                img = _load_image(path, self.mode, self.max_pixels)
-            except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                if self.strict:
-                    raise DataError(f"cannot read image {path}: {exc}") from None
-                self.skipped += 1
-                self.skipped_files.append(str(path))
-                continue
-            return _crop(img, self.resolution, rng), self._label(path), attempt
-        raise DataError(f"no readable image found near index {index} in {self.root}")
+        return x[0], int(y[0]), ()
 
 
 # --------------------------------------------------------------------------- scikit-image photos
@@ -250,7 +154,7 @@ class SkimagePhotos(torch.utils.data.Dataset):
             except Exception:  # a photo that this scikit-image version cannot load locally
                 continue
             if arr.ndim == 3 and arr.shape[2] >= 3:
-                self.photos.append(np.ascontiguousarray(arr[..., :3]))
+                self.photos.append(Image.fromarray(np.ascontiguousarray(arr[..., :3])))
         if not self.photos:
             raise DataError("no colour photos could be loaded from scikit-image's bundled data")
         self.split, self.resolution, self.channels = split, resolution, 3
@@ -261,18 +165,22 @@ class SkimagePhotos(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, item) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, int, tuple[str, ...]]:
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
         photo_id = index % len(self.photos)
-        img = Image.fromarray(self.photos[photo_id])
+        img = self.photos[photo_id]
         if self.split == "train":
-            return _crop(img, self.resolution, np.random.default_rng(seed)), photo_id, 0
-        # test: deterministic crops at 1/2 the short side, then resized to the resolution
-        rng = np.random.default_rng(index)
-        w, h = img.size
-        side = min(w, h) // 2
-        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        return _crop(img.crop((left, top, left + side, top + side)), self.resolution, None), photo_id, 0
+            rng = np.random.default_rng(seed)
+            out = crop_resize(img, self.resolution, rng, 2**31)
+            if rng.random() < 0.5:
+                out = out[:, ::-1]
+        else:  # test: deterministic crops at 1/2 the short side, then resized to the resolution
+            rng = np.random.default_rng(index)
+            w, h = img.size
+            side = min(w, h) // 2
+            left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            out = crop_resize(img.crop((left, top, left + side, top + side)), self.resolution, None, 2**31)
+        return torch.from_numpy(out.transpose(2, 0, 1).copy()).float() / 127.5 - 1.0, photo_id, ()
 
 
 def index_seed(index: int) -> int:
@@ -290,33 +198,42 @@ def open_dataset(
     strict: bool = False,
     augment: bool | None = None,
 ):
-    """Build a dataset from a spec string: 'fashion-mnist', 'folder:PATH' or 'skimage-photos'.
+    """Build a dataset from a spec string: 'fashion-mnist', 'folder:PATH[?options]' or 'skimage-photos'.
 
-    `augment` (default: split == 'train') gives image folders random crops and flips;
-    without it they are centre-cropped (evaluation, encoding a latent set)."""
+    `split` is 'train' or 'test' ('all' for folders: every file). `augment` (default:
+    split == 'train') gives image folders random crops and flips; without it they are
+    cropped at fixed places (evaluation, encoding a latent set). `channels` is the
+    model's: a colour folder for a 1-channel model is refused, never turned gray."""
     augment = split == "train" if augment is None else augment
     if spec == "fashion-mnist":
         ds = FashionMNIST(split)
         if resolution not in (None, 32):
             raise DataError(f"fashion-mnist is 32x32 (padded); got --resolution {resolution}")
         if channels not in (None, 1):
-            raise DataError(f"fashion-mnist has 1 channel; the model expects {channels}")
+            raise DataError(
+                f"fashion-mnist has 1 channel but the model has {channels}; for training add "
+                "--set model.image_channels=1"
+            )
         return ds
     if spec.startswith("folder:"):
         if resolution is None:
-            raise DataError("folder datasets need a resolution (from the preset or --resolution)")
-        return ImageFolder(spec[len("folder:") :], resolution, channels or 3, train=augment, strict=strict)
+            raise DataError("folder datasets need a resolution (from the model's image_size or --resolution)")
+        return ImageFolder(spec, resolution, channels, split=split, augment=augment, strict=strict)
     if spec == "skimage-photos":
         if channels not in (None, 3):
-            raise DataError(f"skimage-photos has 3 channels; the model expects {channels}")
+            raise DataError(
+                f"skimage-photos has 3 channels but the model has {channels}; for training add "
+                "--set model.image_channels=3"
+            )
         return SkimagePhotos(split, resolution or 32)
     raise DataError(f"unknown dataset spec {spec!r}; use 'fashion-mnist', 'folder:PATH' or 'skimage-photos'")
 
 
-def load_batch(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (B, C, H, W) and labels (B,) of `indices`: the in-memory fast path where there is one."""
+def load_batch(dataset, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, C, H, W) and labels (B,) of `indices` (ints, or (index, augmentation seed) pairs):
+    the in-memory fast path where there is one (it has no augmentation)."""
     if hasattr(dataset, "batch"):
-        return dataset.batch(torch.tensor(indices))
+        return dataset.batch(torch.tensor([i[0] if isinstance(i, tuple) else i for i in indices]))
     items = [dataset[i] for i in indices]
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
@@ -365,9 +282,13 @@ class StepBatches:
         return out
 
 
-def collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """[(image, label, skipped)] -> images (B, C, H, W), labels (B,), files skipped in total."""
-    return (torch.stack([i[0] for i in items]), torch.tensor([i[1] for i in items]), sum(i[2] for i in items))
+def collate(items: list[tuple[torch.Tensor, int, tuple[str, ...]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """[(image, label, skipped files)] -> images (B, C, H, W), labels (B,), every file skipped for the batch."""
+    return (
+        torch.stack([i[0] for i in items]),
+        torch.tensor([i[1] for i in items]),
+        [name for i in items for name in i[2]],
+    )
 
 
 class BatchStream:
@@ -388,13 +309,13 @@ class BatchStream:
                 )
             )
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         if self.loader is not None:
             batch = next(self.loader)
         else:
             idx = torch.tensor([i for i, _ in self.batches.indices(self.step)])
             x, y = self.dataset.batch(idx)
-            batch = (x, y, 0)
+            batch = (x, y, [])
         self.step += 1
         return batch
 

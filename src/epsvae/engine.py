@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 CHECKPOINT = "checkpoint.pt"
+SKIPPED = "skipped_images.txt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,17 +113,17 @@ class Engine:
         self.progress = progress
         self.sums: dict[str, float] = {}
         self.count = 0
-        self.extra: dict[str, Any] = {}  # per-interval extras added to the next stats row
+        self.extra: dict[str, Any] = {"skipped_images": 0}  # added to every stats row (running totals)
         self.by_t: dict[str, list[list[float]]] = {}  # name -> [sum, count] per t-bin, this interval
 
     # ------------------------------------------------------------------ state
 
-    def restore(self, parts: dict[str, Any]) -> None:
-        """Load modules and optimisers from the run's checkpoint, if there is one."""
+    def restore(self, parts: dict[str, Any]) -> bool:
+        """Load modules and optimisers from the run's checkpoint, if there is one (returns whether)."""
         from .models import check_state_dict
 
         if not self.ckpt_path.is_file():
-            return
+            return False
         state = load_checkpoint(self.run_dir)
         for key, obj in parts.items():
             if key not in state:
@@ -135,6 +136,7 @@ class Engine:
         self.seconds_before = float(state.get("seconds", 0.0))
         if self.main:
             print(f"[train] resuming {self.run_dir} at step {self.step}")
+        return True
 
     def start(self, minutes: float | None = None) -> None:
         """Call right before the loop: starts the clock, the meter and the progress bar.
@@ -230,6 +232,26 @@ class Engine:
         decay = min(self.tc.ema, (1 + self.step) / (10 + self.step)) if self.tc.ema_warmup else self.tc.ema
         torch._foreach_lerp_([p for p in ema.parameters()], [p.detach() for p in model.parameters()], 1.0 - decay)
 
+    def note_skipped(self, names: list[str]) -> None:
+        """Count unreadable images and name them in RUN/skipped_images.txt (one line each, any rank)."""
+        if not names:
+            return
+        self.extra["skipped_images"] += len(names)
+        with open(self.run_dir / SKIPPED, "a") as f:  # short O_APPEND writes: ranks do not interleave lines
+            f.write("".join(f"{self.step}\t{name}\n" for name in names))
+
+    def write_row(self, row: dict[str, float], images: dict[str, torch.Tensor] | None = None) -> None:
+        """An extra stats row at the current step (validation), to stats.jsonl and TensorBoard (main rank)."""
+        if not self.main:
+            return
+        with open(self.run_dir / "stats.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **row}) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                self.writer.add_scalar(k, v, self.step)
+            for k, v in (images or {}).items():  # (N, C, H, W) in [-1, 1]
+                self.writer.add_images(k, (v.float().cpu().clamp(-1, 1) + 1) / 2, self.step)
+
     def record(self, terms: dict[str, float]) -> None:
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
@@ -314,8 +336,11 @@ class Engine:
             "rank_param_digests": gather_object([param_digest(model)]),
             "device": str(self.device),
             "mixed_precision": self.mixed_precision,
+            "skipped_images": self.extra["skipped_images"],  # this rank's, this session's
             **(extra or {}),
         }
+        if self.extra["skipped_images"]:
+            print(f"[train] skipped {self.extra['skipped_images']} unreadable image(s): see {self.run_dir / SKIPPED}")
         if self.main:
             write_json_atomic(self.run_dir / "final.json", summary)
             if self.writer is not None:

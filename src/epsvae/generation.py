@@ -568,38 +568,40 @@ def evaluate_generation(
     samples: np.ndarray,
     data: str,
     split: str = "test",
-    fid_features: str = "features:auto",
+    fid_features: str = "indep",
     limit: int | None = None,
     batch_size: int = 250,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Fréchet distance between generated samples (uint8 (N, C, H, W)) and a dataset split."""
+    """Fréchet distances between generated samples (uint8 (N, C, H, W)) and a dataset split.
+
+    `fid_features` is a comma-separated list as in `epsvae eval` (fd_indep, fid_inception, fd_domain)."""
     from .data import iter_batches
-    from .evaluate import feature_extractor
+    from .evaluate import feature_extractors
     from .metrics import FeatureStats, fid_from_stats
 
-    if samples.dtype != np.uint8 or samples.ndim != 4:
-        raise ValueError(f"samples must be uint8 (N, C, H, W), got {samples.dtype} {samples.shape}")
-    name, extract = feature_extractor(fid_features, data)
-    name = {"rfid_inception": "fid_inception"}.get(name, name)
+    if samples.dtype != np.uint8 or samples.ndim != 4 or len(samples) < 2:
+        raise ValueError(f"samples must be uint8 (N, C, H, W) with N >= 2, got {samples.dtype} {samples.shape}")
     c, h = samples.shape[1], samples.shape[2]
+    extractors = feature_extractors(fid_features, data, h, c)
     ds = open_dataset(data, split, h, c, augment=False)
     n_real = min(len(ds), limit) if limit else len(ds)
 
-    def stats(batches) -> FeatureStats:
-        acc = None
+    def stats(batches) -> dict[str, FeatureStats]:
+        acc: dict[str, FeatureStats] = {}
         for x in batches:
-            f = extract(x.to(device))
-            acc = (acc or FeatureStats(f.shape[1], device)).update(f)
+            for name, extract in extractors.items():
+                f = extract(x.to(device))
+                acc[name] = acc.get(name, FeatureStats(f.shape[1], device)).update(f)
         return acc
 
     real = stats(iter_batches(ds, n_real, batch_size))
-    fake_batches = (
+    fake = stats(
         torch.from_numpy(samples[i : i + batch_size]).float() / 127.5 - 1.0 for i in range(0, len(samples), batch_size)
     )
-    fake = stats(fake_batches)
+    names = {"rfid_inception": "fid_inception"}
     return {
-        name: fid_from_stats(real, fake),
+        **{names.get(k, k): fid_from_stats(real[k], fake[k]) for k in extractors},
         "n_samples": len(samples),
         "n_real": n_real,
         "data": data,

@@ -2,8 +2,9 @@
 
 Specs: 'lpips-vgg' (standard VGG16 weights from the torch hub cache or a download),
 'lpips-vgg:PATH' (VGG16 weights file), 'features:PATH' (a network trained by
-`epsvae features train`), 'features:auto' (that network for the training set, trained
-once and cached), 'none'. All return per-image distances (N,) for images in [-1, 1]
+`epsvae features train`), 'features:auto' (the `perceptual` network of
+`epsvae.features` for the training set: a classifier, or a rotation predictor for
+unlabelled data, trained once and cached), 'none'. All return per-image distances (N,) for images in [-1, 1]
 and are frozen: gradients reach the images, never the network.
 
 The `features` distance uses LPIPS's formula without learned layer weights: per
@@ -13,84 +14,17 @@ space, and sum the layers (Zhang et al. 2018, eq. 1 with w = 1).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .nn.layers import norm
+from .features import FeatureNet, PerceptualError, auto_network
+
+__all__ = ["FeatureDistance", "FeatureNet", "LPIPSVGG", "PerceptualError", "build_perceptual"]
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name in the torch hub cache
-
-
-class PerceptualError(RuntimeError):
-    """A perceptual backbone that cannot be built (missing package or weights)."""
-
-    epsvae_user_error = True
-
-
-class FeatureNet(nn.Module):
-    """A small conv classifier whose stage outputs serve as perceptual (and FID) features."""
-
-    def __init__(self, image_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10):
-        super().__init__()
-        self.config = {"image_channels": image_channels, "widths": list(widths), "num_classes": num_classes}
-        stages, cin = [], image_channels
-        for w in widths:
-            stages.append(
-                nn.Sequential(
-                    nn.Conv2d(cin, w, 3, padding=1),
-                    norm(w),
-                    nn.ReLU(),
-                    nn.Conv2d(w, w, 3, padding=1),
-                    norm(w),
-                    nn.ReLU(),
-                )
-            )
-            cin = w
-        self.stages = nn.ModuleList(stages)
-        self.head = nn.Linear(cin, num_classes)
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x (N, C, H, W) in [-1, 1] -> one feature map per stage (before its pooling)."""
-        feats = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x if i == 0 else F.avg_pool2d(x, 2))
-            feats.append(x)
-        return feats
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled last-stage features (N, widths[-1]): the vector an offline FID uses."""
-        return self.features(x)[-1].mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
-
-    def save(self, directory: str | Path, extra: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps({**self.config, **(extra or {})}, indent=2))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> FeatureNet:
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise PerceptualError(
-                f"{directory} holds no feature network; train one with "
-                f"`epsvae features train --data fashion-mnist --out {directory}`"
-            )
-        cfg = json.loads((directory / "config.json").read_text())
-        net = cls(cfg["image_channels"], tuple(cfg["widths"]), cfg["num_classes"])
-        net.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return net.eval()
 
 
 def _unit(f: torch.Tensor) -> torch.Tensor:
@@ -161,34 +95,13 @@ class LPIPSVGG(nn.Module):
         return self.lpips(x, y).flatten()
 
 
-def dataset_fingerprint(data_spec: str, samples: int = 16) -> str:
-    """A short digest of a dataset's training split: its size and 16 images spread over it.
+def build_perceptual(
+    spec: str, data_spec: str | None = None, resolution: int | None = None, channels: int | None = None
+) -> nn.Module | None:
+    """A frozen distance module from a spec (see the module docstring); None for 'none'.
 
-    `features:auto` keys its cache by it, so a network trained on other data under the
-    same spec (a test's stand-in files, another folder at the same path) is never reused."""
-    import hashlib
-
-    from .data import load_batch, open_dataset
-
-    ds = open_dataset(data_spec, "train", 32 if data_spec.startswith("folder:") else None, augment=False)
-    n = len(ds)
-    x, y = load_batch(ds, sorted({(i * n) // samples for i in range(samples)}))
-    h = hashlib.sha256(f"{n}/{tuple(x.shape)}".encode())
-    h.update(x.float().numpy().tobytes())
-    h.update(y.numpy().tobytes())
-    return h.hexdigest()[:10]
-
-
-def features_auto_dir(data_spec: str) -> Path:
-    """The cache directory of `features:auto` for this dataset (its spec and its fingerprint)."""
-    from .data import cache_dir
-
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in data_spec)
-    return cache_dir() / f"features-{safe}-{dataset_fingerprint(data_spec)}"
-
-
-def build_perceptual(spec: str, data_spec: str | None = None) -> nn.Module | None:
-    """A frozen distance module from a spec (see the module docstring); None for 'none'."""
+    `features:auto` needs the training data (`data_spec`, and for image folders the
+    model's `resolution` and `channels`): its network is trained once for them and cached."""
     if spec == "none":
         return None
     if spec == "lpips-vgg" or spec.startswith("lpips-vgg:"):
@@ -196,13 +109,7 @@ def build_perceptual(spec: str, data_spec: str | None = None) -> nn.Module | Non
     if spec == "features:auto":
         if data_spec is None:
             raise PerceptualError("features:auto needs the training dataset to train on")
-        path = features_auto_dir(data_spec)
-        if not (path / "config.json").is_file():
-            from .features import train_feature_net
-
-            print(f"[perceptual] training the feature network for {data_spec} once, cached at {path}")
-            train_feature_net(data_spec, path)
-        return FeatureDistance(FeatureNet.load(path))
+        return FeatureDistance(FeatureNet.load(auto_network("perceptual", data_spec, resolution, channels)))
     if spec.startswith("features:"):
         return FeatureDistance(FeatureNet.load(spec.split(":", 1)[1]))
     raise PerceptualError(

@@ -19,8 +19,17 @@ from . import losses
 from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_value, to_dict
 from .data import BatchStream, StepBatches, open_dataset
 from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, read_json, resumable
+from .evaluate import HeldOutCheck
 from .images import save_grid
-from .models import Autoencoder, build_discriminator, build_model, check_state_dict
+from .models import (
+    WEIGHTS_NAME,
+    Autoencoder,
+    build_discriminator,
+    build_model,
+    check_state_dict,
+    load_weights,
+    read_config,
+)
 from .perceptual import build_perceptual
 
 __all__ = ["CHECKPOINT", "TrainingDiverged", "export", "load_checkpoint", "prepare_run", "train"]
@@ -36,16 +45,22 @@ def prepare_run(
     data: str | None = None,
     steps: int | None = None,
     batch_size: int | None = None,
+    init_from: str | None = None,
 ) -> RunConfig:
     """The run's config: loaded from `run_dir` when it exists (resume), else built from `preset`.
 
     A resumed run may change only its length (`steps`); anything else would make the
-    continuation differ from the run that was started.
+    continuation differ from the run that was started. `init_from` (an exported model
+    directory) starts a new run from its weights.
     """
     from .presets import run_config
 
     path = Path(run_dir) / "config.json"
-    requested = {k: v for k, v in {"train.data": data, "train.batch_size": batch_size}.items() if v is not None}
+    if init_from is not None:
+        read_config(init_from)  # a readable error now, not after the run directory exists
+        init_from = str(Path(init_from).resolve())
+    given = {"train.data": data, "train.batch_size": batch_size, "train.init_from": init_from}
+    requested = {k: v for k, v in given.items() if v is not None}
     for item in overrides or []:
         key, _, value = item.partition("=")
         requested[key.strip()] = parse_value(value.strip())
@@ -71,6 +86,15 @@ def prepare_run(
     return cfg
 
 
+def init_weights(model: Autoencoder, directory: str | Path) -> None:
+    """Load an exported model's weights into a new run's model (`train.init_from`): another resolution,
+    learning rate or dataset; the architecture must match (a readable error says where it does not)."""
+    source = read_config(directory)
+    if source.kind != model.config.kind:
+        raise ConfigError(f"{directory} holds a model of kind {source.kind!r}; this run trains {model.config.kind!r}")
+    load_weights(model, Path(directory) / WEIGHTS_NAME)
+
+
 def export(run_dir: str | Path, out: str | Path) -> Path:
     """Write the EMA weights of a run's latest checkpoint as a model directory."""
     cfg = from_dict(RunConfig, read_json(Path(run_dir) / "config.json", "a run's config"))
@@ -92,13 +116,13 @@ def train(
 ) -> dict:
     """Train (or resume) the run in `run_dir` up to `cfg.train.steps`, or for `minutes`. Returns a summary."""
     tc, lc, kind = cfg.train, cfg.train.loss, cfg.model.kind
+    channels = cfg.model.image_channels
+    # ---- data first: a dataset that cannot be used (missing, wrong channels) writes nothing
+    resolution = tc.resolution or cfg.model.image_size
+    dataset = open_dataset(tc.data, "train", resolution, channels, strict=tc.strict_data)
     eng = Engine(run_dir, to_dict(cfg), tc, progress)
     device, main, acc = eng.device, eng.main, eng.accelerator
     run_dir = eng.run_dir
-
-    # ---- data
-    resolution = tc.resolution or cfg.model.image_size
-    dataset = open_dataset(tc.data, "train", resolution, cfg.model.image_channels, strict=tc.strict_data)
     batches = StepBatches(len(dataset), tc.batch_size, eng.world, eng.rank, tc.seed)
 
     # ---- networks
@@ -106,18 +130,29 @@ def train(
     model: Autoencoder = build_model(cfg.model)
     disc = build_discriminator(cfg.model)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    if main:  # features:auto trains its network once; the other ranks wait for the cache
-        perceptual = build_perceptual(lc.perceptual, tc.data) if lc.perceptual_weight else None
+
+    def perceptual_net():
+        return build_perceptual(lc.perceptual, tc.data, resolution, channels) if lc.perceptual_weight else None
+
+    check = None
+    if main:  # automatic feature networks train once; the other ranks wait for the cache
+        perceptual = perceptual_net()
+        if tc.eval_every:
+            check = HeldOutCheck(tc.data, resolution, channels, tc.eval_images, device)
     acc.wait_for_everyone()
     if not main:
-        perceptual = build_perceptual(lc.perceptual, tc.data) if lc.perceptual_weight else None
+        perceptual = perceptual_net()
     if perceptual is not None:
         perceptual = perceptual.to(device)
-    ema.to(device)
     adam = dict(betas=(tc.beta1, tc.beta2), eps=1e-8)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, **adam)
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc.disc_lr, **adam)
-    eng.restore({"model": model, "disc": disc, "ema": ema, "opt": opt, "opt_d": opt_d})
+    if not eng.restore({"model": model, "disc": disc, "ema": ema, "opt": opt, "opt_d": opt_d}) and tc.init_from:
+        init_weights(model, tc.init_from)
+        ema.load_state_dict(model.state_dict())
+        if main:
+            print(f"[train] weights initialised from {tc.init_from}")
+    ema.to(device)
     model, disc, opt, opt_d = acc.prepare(model, disc, opt, opt_d)
     raw_model: Autoencoder = acc.unwrap_model(model)
     raw_disc = acc.unwrap_model(disc)
@@ -126,7 +161,6 @@ def train(
     # ---- feedback
     fixed = torch.stack([dataset[(i, i)][0] for i in range(min(8, len(dataset)))]).to(device)
     stream = BatchStream(dataset, batches, eng.step, tc.num_workers)
-    eng.extra["skipped_images"] = 0
 
     def sample_grid() -> None:
         if not main:
@@ -140,13 +174,18 @@ def train(
                 rows = [fixed, ema.decode(z)]
         save_grid(rows, run_dir / "samples" / f"step{eng.step:07d}.png", scale=2 if fixed.shape[-1] <= 64 else 1)
 
+    def validate() -> None:
+        if check is not None:
+            metrics, recon = check.measure(ema)
+            eng.write_row(metrics, {"val/originals_reconstructions": torch.cat([check.x[:8], recon])})
+
     eng.start(minutes)
     if eng.step == 0:
         sample_grid()
     while eng.step < tc.steps and not eng.out_of_time(minutes):
         gen = eng.seed_step()
-        x, _, n_skipped = next(stream)
-        eng.extra["skipped_images"] += n_skipped
+        x, _, skipped = next(stream)
+        eng.note_skipped(skipped)
         x = x.to(device, non_blocking=True)
         lr_scale = eng.warmup_lr([(opt, tc.lr), (opt_d, tc.disc_lr)])
         adv_on = bool(lc.adv_weight) and eng.step >= lc.disc_start
@@ -171,19 +210,20 @@ def train(
             eng.save(parts)
         if sample_due and main:
             sample_grid()
+        if tc.eval_every and eng.step % tc.eval_every == 0:
+            validate()
 
     eng.stop_clock()
     eng.save(parts)
     if eng.step % tc.sample_every and main:
         sample_grid()
-    skipped = eng.extra["skipped_images"]
-    summary = eng.finish(raw_model, {"skipped_images": skipped})
+    if tc.eval_every and eng.step % tc.eval_every and eng.step > eng.start_step:
+        validate()
+    summary = eng.finish(raw_model)
     if eng.export_due(summary):
         ema_model = build_model(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
         ema_model.save_pretrained(run_dir / "model")
-        if skipped:
-            print(f"[train] skipped {skipped} unreadable image(s)")
         print(f"[train] step {eng.step}: EMA weights exported to {run_dir / 'model'}")
     eng.close()
     return summary

@@ -1,0 +1,120 @@
+"""Feature networks: the label-free objectives, the independent network, and the standard-weights paths.
+
+The standard weights (VGG16 for LPIPS, the FID Inception) cannot be downloaded here, so the
+tests write weight files with random weights and check that `lpips-vgg:PATH` and
+`inception:PATH` compute what the lpips and pytorch-fid packages compute with those files.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from epsvae.evaluate import INCEPTION_FILE, feature_extractor, feature_extractors
+from epsvae.features import FeatureNet, augment_views, auto_network, nt_xent, rotation_batch, train_feature_net
+from epsvae.perceptual import PerceptualError, build_perceptual
+
+from conftest import need
+
+
+def test_rotation_batch_labels_are_the_rotations():
+    x = torch.arange(2 * 3 * 3, dtype=torch.float).reshape(2, 1, 3, 3)
+    xr, k = rotation_batch(x, torch.Generator().manual_seed(0))
+    for img, rot, turned in zip(x, k, xr, strict=True):
+        assert torch.equal(torch.rot90(img, int(rot), dims=(1, 2)), turned)
+
+
+def test_nt_xent_rewards_matching_views_and_views_stay_in_range():
+    z = torch.eye(4)[:, :4] * 3
+    matched = nt_xent(torch.cat([z, z]))
+    shuffled = nt_xent(torch.cat([z, z[[1, 2, 3, 0]]]))
+    assert matched < 0.1 < shuffled
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    v1, v2 = augment_views(x, g), augment_views(x, g)
+    assert v1.shape == x.shape and v1.min() >= -1 and v1.max() <= 1 and not torch.equal(v1, v2)
+
+
+def test_contrastive_network_trains_and_loads(fmnist, tmp_path, monkeypatch):
+    monkeypatch.delenv("EPSVAE_FEATURE_STEPS")  # the real budget: one epoch, at least `min_images`
+    metrics = train_feature_net("fashion-mnist", tmp_path / "c", "contrastive", epochs=1, batch_size=16,
+                                widths=(4, 8), min_images=64)  # fmt: skip
+    assert metrics["objective"] == "contrastive" and metrics["train_steps"] == 4
+    net = FeatureNet.load(tmp_path / "c")
+    assert net.config["head"] == "mlp" and net.embed(torch.zeros(2, 1, 32, 32)).shape == (2, 8)
+
+
+def test_independent_network_differs_from_the_perceptual_one(fmnist):
+    indep, perc = auto_network("indep", "fashion-mnist", 32, 1), auto_network("perceptual", "fashion-mnist", 32, 1)
+    a, b = (json.loads((p / "config.json").read_text()) for p in (indep, perc))
+    assert a["objective"] == "contrastive" and b["objective"] == "classes" and a["widths"] != b["widths"]
+    names = feature_extractors("indep,features:auto", "fashion-mnist", 32, 1)
+    assert list(names) == ["fd_indep", "fd_domain"]
+    with pytest.raises(PerceptualError, match="two fd_indep"):
+        feature_extractors("indep,indep", "fashion-mnist", 32, 1)
+
+
+def test_lpips_vgg_path_equals_the_lpips_package_with_those_weights(tmp_path):
+    lpips = need("lpips")
+    tv = need("torchvision")
+    torch.manual_seed(0)
+    path = tmp_path / "vgg16.pth"
+    torch.save(tv.models.vgg16().state_dict(), path)  # random weights, the standard file layout
+    ours = build_perceptual(f"lpips-vgg:{path}")
+    # the reference: lpips's own VGG LPIPS (its learned linear layers from the package), its
+    # VGG16 slices loaded layer by layer from torchvision's VGG16 with the file's weights
+    ref = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    vgg = tv.models.vgg16()
+    vgg.load_state_dict(torch.load(path, weights_only=True))
+    for k in range(1, 6):
+        for name, layer in getattr(ref.net, f"slice{k}").named_children():
+            layer.load_state_dict(vgg.features[int(name)].state_dict())
+    x, y = torch.rand(2, 3, 48, 48) * 2 - 1, torch.rand(2, 3, 48, 48) * 2 - 1
+    with torch.no_grad():
+        expected = ref(x, y).flatten()
+        torch.testing.assert_close(ours(x, y), expected, rtol=1e-5, atol=1e-6)
+        assert (expected > 0).all() and torch.allclose(ours(x, x), torch.zeros(2), atol=1e-6)
+
+
+def _random_fid_inception():
+    """The FID Inception's architecture (pytorch-fid's fid_inception_v3, without its download), random weights."""
+    fid = need("pytorch_fid.inception")
+    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = fid.FIDInceptionE_1(1280)
+    net.Mixed_7c = fid.FIDInceptionE_2(2048)
+    for m in net.modules():  # non-trivial batch-norm statistics, so a wrong load would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return fid, net
+
+
+def test_inception_path_equals_pytorch_fid_with_those_weights(tmp_path):
+    fid, net = _random_fid_inception()
+    path = tmp_path / "fid_weights.pth"
+    torch.save(net.state_dict(), path)
+    name, extract = feature_extractor(f"inception:{path}", "fashion-mnist")
+    # the reference: pytorch-fid's InceptionV3, finding the file in the torch hub cache under its name
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    shutil.copy(path, hub / "checkpoints" / INCEPTION_FILE)
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    try:
+        ref = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    finally:
+        torch.hub.set_dir(old)
+    x = torch.rand(2, 3, 40, 40) * 2 - 1
+    with torch.no_grad():
+        ours, theirs = extract(x), ref((x + 1) / 2)[0].flatten(1)
+    assert name == "rfid_inception" and ours.shape == (2, 2048)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert extract(x[:1].mean(1, keepdim=True)).shape == (1, 2048)  # grayscale is repeated to RGB
