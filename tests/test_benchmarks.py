@@ -263,3 +263,12 @@ def test_disc_probe_quick(fmnist, tmp_path):
         [sys.executable, script, "--model", str(tmp_path / "vae"), "--quick"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "needs an ε-VAE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_photos_quick(tmp_path):
+    """The photo benchmark's smoke test: photos copied once, split by photo, both arms trained and evaluated."""
+    result = _quick("photos", tmp_path / "p", "--data-dir", str(tmp_path / "photos"), "--seeds", "0")
+    assert [r["arm"] for r in result["rows"]] == ["vae-photo", "eps-photo"]
+    assert "holdout=0.26" in result["data"] and result["rows"][1]["compression"] == 24.0
+    assert {"psnr", "ssim", "fd_indep", "fd_domain"} <= set(result["rows"][1]["eval"]["results"]["3"])
