@@ -1,17 +1,27 @@
-"""GPU check: bf16 training-step throughput of the paper's presets, achieved TFLOP/s, memory.
+"""GPU check: training throughput before and after the speed switches, and decoding against SD-VAE.
 
-    python benchmarks/gpu_check.py [--budget-s 240] [--out gpu_check.json]
+    python benchmarks/gpu_check.py [--budget-s 430] [--out gpu_check.json] [--parts train,profile,decode,engine]
+    python benchmarks/gpu_check.py --smoke          # the same code paths, tiny, on the CPU
 
-For each preset it runs the real training step (epsvae.losses.autoencoder_loss, then
-discriminator_loss with lazy R1, Adam on both, bf16 autocast) on random images,
-counts the FLOPs of one step with torch.utils.flop_counter, times steps with CUDA
-synchronisation, and reports images/s, TFLOP/s, the fraction of the card's bf16
-peak (both the datasheet's dense figure and a bf16 matmul measured in the same run),
-and peak memory. The perceptual term uses torchvision's VGG16 feature layers with
-random weights where torchvision exists (its cost does not depend on the weights;
-LPIPS's own weights cannot be fetched offline), else it is left out and the output
-says so. It ends with a short end-to-end `train()` run of eps-lite-B on
-skimage-photos through Accelerate (bf16), to check the engine itself on CUDA.
+One command for one GPU call (at most 8 minutes with the default budget):
+1. the card: its name, a measured bf16 matmul rate (8192^3) and the datasheet's dense peak;
+2. training: the engine's step (`autoencoder_loss`, `discriminator_loss` with lazy R1, Adam,
+   bf16 autocast; the perceptual term is an LPIPS-shaped stand-in, torchvision's VGG16
+   with random weights: its cost does not depend on the weights) for eps-lite-B @128
+   (batch 64) and eps-sd-M @256 (batch 16), in variants: `before` (eager, NCHW, plain
+   Adam: the step before the switches), `after` (the CUDA defaults of `epsvae train`:
+   encoder, decoder and perceptual network compiled, channels-last, fused Adam, TF32)
+   and `after+r1/4` (plus `train.loss.r1_subsample=4`). Reported: images/s with the
+   recipe's lazy R1, images/s and achieved TFLOP/s without R1 (FLOPs of one eager step
+   counted by torch.utils.flop_counter; R1's double backward defeats the counter), the
+   fraction of the measured matmul rate, peak memory, and the compile/warm-up seconds;
+3. a profile of the `after` step of eps-lite-B: CUDA time by kernel family and the top kernels;
+4. decoding: eps-sd-B at one and three steps against diffusers' SD-VAE decoder (AutoencoderKL
+   in Stable Diffusion's configuration, random weights: speed does not depend on them),
+   256 and 512 px, batch 16 and 1, eager and compiled, bf16 autocast;
+5. the engine on CUDA: a short `train()` with the CUDA defaults and two micro-batches.
+Parts run in that order while the budget lasts; what does not fit is recorded as skipped,
+and a part that fails is recorded with its error. The JSON is rewritten after every part.
 """
 
 from __future__ import annotations
@@ -19,9 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -34,11 +46,21 @@ from epsvae.models import EpsilonVAE, build_discriminator  # noqa: E402
 
 DATASHEET_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 DEVICE = "cuda"
+NO_COMPILE = False
+VARIANTS = {  # name -> (compile, channels_last, fused Adam, R1 sub-sampling)
+    "before": (False, False, False, 1),
+    "after": (True, True, True, 1),
+    "after+r1/4": (True, True, True, 4),
+}
 
 
 def sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+def autocast():
+    return torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else torch.autocast("cpu", enabled=False)
 
 
 class VGGStandIn(torch.nn.Module):
@@ -78,145 +100,365 @@ def matmul_tflops(n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def bench_preset(name: str, batch: int, seconds: float, perceptual) -> dict:
-    torch.manual_seed(0)
-    model = EpsilonVAE.from_preset(name).to(DEVICE).train()
-    for p in model.parameters():  # non-zero output convs, as after some training
+def _nonzero(module: torch.nn.Module) -> None:
+    for p in module.parameters():  # zero-initialised output layers, as at step 0, would make steps trivial
         if p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.02)
-    disc = build_discriminator(model.config).to(DEVICE)
-    lc = TrainConfig().loss
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.0, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.0, 0.999))
-    c, s = model.config.image_channels, model.config.image_size
-    x = torch.rand(batch, c, s, s, device=DEVICE) * 2 - 1
-    autocast = lambda: torch.autocast(DEVICE, dtype=torch.bfloat16)  # noqa: E731
 
-    def step(i: int) -> None:
+
+# --------------------------------------------------------------------------- training
+
+
+def train_setup(preset: str, batch: int, variant: str, smoke: bool):
+    """(step function, model) for one preset and variant; step(r1: bool) runs one training step."""
+    compiled, channels_last, fused, r1_sub = VARIANTS[variant]
+    compiled = compiled and not NO_COMPILE
+    torch.manual_seed(0)
+    overrides = ["image_channels=1", "image_size=32"] if smoke else []
+    model = EpsilonVAE.from_preset(preset, overrides).to(DEVICE).train()
+    _nonzero(model)
+    disc = build_discriminator(model.config).to(DEVICE)
+    try:
+        perceptual = VGGStandIn().to(DEVICE)
+    except ImportError:
+        perceptual = None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in (model, disc, perceptual):
+        if m is not None:
+            m.to(memory_format=fmt)
+    if compiled:  # as `epsvae train` does on CUDA; the discriminator stays eager (R1 needs a double backward)
+        model.encoder.compile()
+        model.decoder.compile()
+        if perceptual is not None:
+            perceptual.compile()
+    lc = TrainConfig().loss
+    lc.r1_subsample = r1_sub
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.0, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.0, 0.999), fused=fused)
+    c, s = model.config.image_channels, model.config.image_size
+    x = (torch.rand(batch, c, s, s, device=DEVICE) * 2 - 1).contiguous(memory_format=fmt)
+
+    def step(r1: bool) -> None:
         with autocast():
             loss, _, out = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=True)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        d_loss, _ = discriminator_loss(disc, x, out, lc, r1_step=(i % lc.r1_every == 0), autocast=autocast)
-        opt_d.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
+        d_loss, _ = discriminator_loss(disc, x, out, lc, r1_step=r1, autocast=autocast)
         d_loss.backward()
         opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
 
+    return step, model
+
+
+def count_flops(step) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    # FLOPs of one step without R1 (the counter's module hooks cannot follow R1's
-    # double backward); TFLOP/s comes from a phase that times exactly those steps, and
-    # images/s from a phase with the recipe's lazy R1 (every r1_every steps).
     with FlopCounterMode(display=False) as counter:
-        step(1)
-    flops_per_step = counter.get_total_flops()
-    for i in range(4):
-        step(i)
+        step(False)
+    return counter.get_total_flops()
+
+
+def timed(step, seconds: float, r1_every: int | None) -> tuple[int, float]:
+    """Steps run in about `seconds` (with R1 every `r1_every` steps, or never), and their wall time."""
     sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or (r1_every and n % r1_every) or n < 2:
+        step(bool(r1_every) and n % r1_every == 0)
+        n += 1
+    sync()
+    return n, time.perf_counter() - t0
+
+
+def train_bench(preset: str, batch: int, variant: str, seconds: float, flops: float | None, smoke: bool) -> dict:
+    step, model = train_setup(preset, batch, variant, smoke)
+    t0 = time.perf_counter()
+    for i in range(3):  # compiles (forward, backward, the R1 path) and warms up
+        step(r1=i == 0)
+    sync()
+    warmup = time.perf_counter() - t0
+    if flops is None:
+        flops = count_flops(step)
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    def timed(seconds: float, with_r1: bool) -> tuple[int, float]:
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n % lc.r1_every:
-            step(n if with_r1 else 1)
-            n += 1
-            if n % lc.r1_every == 0:
-                sync()
-        sync()
-        return n, time.perf_counter() - t0
-
-    n_plain, dt_plain = timed(seconds / 2, with_r1=False)
-    n, dt = timed(seconds / 2, with_r1=True)
+    n_plain, dt_plain = timed(step, seconds / 2, None)
+    n, dt = timed(step, seconds / 2, 4)
     return {
-        "preset": name,
-        "resolution": s,
+        "preset": preset,
+        "variant": variant,
+        "resolution": model.config.image_size,
         "batch": batch,
-        "steps_timed": n,
-        "seconds": round(dt, 2),
+        "warmup_seconds": round(warmup, 1),
         "images_per_s": round(n * batch / dt, 1),
-        "flops_per_step": flops_per_step,
-        "tflops": round(flops_per_step * n_plain / dt_plain / 1e12, 1),
         "images_per_s_without_r1": round(n_plain * batch / dt_plain, 1),
+        "flops_per_step": flops,
+        "tflops": round(flops * n_plain / dt_plain / 1e12, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None,
-        "params_decoder_m": round(sum(p.numel() for p in model.decoder.parameters()) / 1e6, 2),
+        "_step": step,
     }
 
 
-def engine_check(preset: str = "eps-lite-B", steps: int = 20, batch: int = 16) -> dict:
-    """A short real run through Accelerate on skimage-photos crops (bf16 on a GPU)."""
+KERNEL_FAMILIES = [  # (family, pattern on the CUDA kernel's name), first match wins
+    ("attention", r"flash|fmha|attention|sdpa"),
+    ("conv / matmul", r"conv|gemm|cutlass|sm90|xmma|wgmma|cudnn|implicit|dgrad|wgrad"),
+    ("norm", r"norm"),
+    ("compiled (triton)", r"triton"),
+    ("reduction", r"reduce|sum"),
+    ("copy / layout", r"copy|transpose|memcpy|nchw|nhwc|permute"),
+    ("elementwise", r"elementwise|vectorized|unrolled|fill"),
+]
+
+
+def profile_step(step, steps: int = 4) -> dict:
+    """Device time by kernel family and the top kernels over `steps` training steps (R1 on the first);
+    on the CPU (the smoke test) the same from the CPU operators' own time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = DEVICE == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(r1=i == 0)
+        sync()
+    own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)  # noqa: E731
+    events = [e for e in prof.key_averages() if own(e) > 0]
+    total = sum(own(e) for e in events) or 1.0
+    families: dict[str, float] = {}
+    for e in events:
+        fam = next((f for f, pat in KERNEL_FAMILIES if re.search(pat, e.key, re.I)), "other")
+        families[fam] = families.get(fam, 0.0) + own(e)
+    top = sorted(events, key=lambda e: -own(e))[:15]
+    return {
+        "steps": steps,
+        "device_ms_per_step": round(total / 1000 / steps, 2),
+        "families_percent": {k: round(100 * v / total, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [
+            {"name": e.key[:120], "percent": round(100 * own(e) / total, 1), "calls": e.count} for e in top
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def sd_vae_decoder():
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=256,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+    )  # fmt: skip
+    vae.encoder = None  # decoding only
+    return vae.to(DEVICE).eval()
+
+
+def decode_rows(arms, resolutions, batches, compiled: bool, seconds: float) -> list[dict]:
+    """images/s of each decoder at each (resolution, batch); compiled ones compile per shape, statically."""
+    rows = []
+    for name, make, steps_list in arms:
+        module, fn = make()
+        if compiled:
+            module.compile(dynamic=False)
+        for res in resolutions:
+            for batch in batches:
+                z = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
+                for steps in steps_list:
+                    with torch.no_grad(), autocast():
+                        t0 = time.perf_counter()
+                        fn(z, steps)
+                        fn(z, steps)
+                        sync()
+                        warm = time.perf_counter() - t0
+                        times, start = [], time.perf_counter()
+                        while not times or (time.perf_counter() - start < seconds and len(times) < 200):
+                            t = time.perf_counter()
+                            fn(z, steps)
+                            sync()
+                            times.append(time.perf_counter() - t)
+                    median = sorted(times)[len(times) // 2]
+                    rows.append({"decoder": name if steps is None else f"{name} {steps}-step", "resolution": res,
+                                 "batch": batch, "compiled": compiled, "images_per_s": round(batch / median, 2),
+                                 "warmup_seconds": round(warm, 1), "batches_timed": len(times)})  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
+        del module, fn
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def decoder_arms(smoke: bool):
+    def eps():
+        model = EpsilonVAE.from_preset("eps-sd-B", ["image_size=64"] if smoke else None).eval()
+        _nonzero(model)
+        model.encoder = torch.nn.Identity()
+        model.to(DEVICE)
+        g = torch.Generator(device=DEVICE)
+        return model.decoder, lambda z, steps: model.decode(z, steps=steps, generator=g.manual_seed(0))
+
+    def sd():
+        vae = sd_vae_decoder()
+        return vae.decoder, lambda z, _steps: vae.decode(z).sample
+
+    arms = [("eps-sd-B", eps, [1, 3])]
+    try:
+        import diffusers  # noqa: F401
+
+        arms.insert(0, ("sd-vae", sd, [None]))
+    except ImportError:
+        print("[gpu_check] diffusers is missing: no SD-VAE arm (pip install diffusers)", flush=True)
+    return arms
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def engine_check(smoke: bool) -> dict:
+    """A short real run through Accelerate on skimage-photos crops with the CUDA defaults and 2 micro-batches."""
     from epsvae.presets import run_config
     from epsvae.train import train
 
-    cfg = run_config(preset)
-    cfg.train.data, cfg.train.steps, cfg.train.batch_size = "skimage-photos", steps, batch
-    cfg.model.image_channels = 3  # the photos are RGB (the smoke test's preset is grayscale)
-    cfg.train.loss.perceptual, cfg.train.loss.disc_start, cfg.train.log_every = "none", 5, 10
+    cfg = run_config("eps-fmnist")
+    cfg.model.image_channels = 3  # the photos are RGB
+    tc = cfg.train
+    tc.data, tc.steps, tc.batch_size, tc.micro_batch_size = "skimage-photos", 6, 8, 4
+    tc.loss.perceptual, tc.loss.disc_start, tc.log_every, tc.eval_every = "none", 2, 3, 0
     with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
         summary = train(d, cfg, progress=False)
         stats = [json.loads(line) for line in (Path(d) / "stats.jsonl").read_text().splitlines()]
-        stats = [row for row in stats if "loss" in row]  # training rows, not validation ones
         exported = (Path(d) / "model" / "model.safetensors").is_file()
-    return {"summary": summary, "last_stats": stats[-1], "exported": exported}
+    return {"seconds": round(time.perf_counter() - t0, 1), "summary": summary, "last_stats": stats[-1],
+            "exported": exported, "compile": tc.compile, "channels_last": tc.channels_last}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budget-s", type=float, default=240, help="total seconds of timed training steps")
+    ap.add_argument("--budget-s", type=float, default=430, help="stop starting new parts after this many seconds")
     ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--parts", default="train,profile,decode,engine")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test of this script on tiny settings")
+    ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of every variant")
     args = ap.parse_args()
-    global DEVICE
+    global DEVICE, NO_COMPILE
+    NO_COMPILE = args.no_compile
     if args.smoke:
         DEVICE = "cpu"
     elif not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA GPU (or --smoke for a CPU smoke test)")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    start = time.perf_counter()
+    left = lambda: args.budget_s - (time.perf_counter() - start)  # noqa: E731
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor() or "cpu"
     peak = next((v for k, v in DATASHEET_BF16_DENSE.items() if k in name), None)
-    try:
-        perceptual = VGGStandIn().to(DEVICE)
-        perc_note = "VGG16 features, random weights (LPIPS-shaped cost)"
-    except ImportError:
-        perceptual, perc_note = None, "none (torchvision missing)"
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "device": name,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "perceptual": perc_note,
-        "matmul_bf16_tflops_measured": round(matmul_tflops(512 if args.smoke else 8192) / 1e12, 3),
+        "perceptual": "VGG16 features, random weights (LPIPS-shaped cost)",
+        "matmul_bf16_tflops_measured": round(matmul_tflops(256 if args.smoke else 8192) / 1e12, 3),
         "datasheet_bf16_dense_tflops": peak / 1e12 if peak else None,
-        "runs": [],
+        "train": [],
+        "decode": [],
+        "skipped": [],
+        "errors": [],
     }
+    out = Path(args.out)
+
+    def save() -> None:
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    def part(label: str, needs_s: float, fn) -> object:
+        if left() < needs_s:
+            result["skipped"].append(f"{label} (needs ~{needs_s:.0f} s, {left():.0f} s left)")
+            print(f"[gpu_check] skipped {label}", flush=True)
+            return None
+        try:
+            t0 = time.perf_counter()
+            value = fn()
+            print(f"[gpu_check] {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+            return value
+        except Exception as exc:  # one failing part must not lose the others
+            result["errors"].append({"part": label, "error": f"{type(exc).__name__}: {exc}",
+                                     "trace": traceback.format_exc()[-3000:]})  # fmt: skip
+            print(f"[gpu_check] {label} failed: {type(exc).__name__}: {exc}", flush=True)
+            return None
+        finally:
+            save()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+
+    parts = set(args.parts.split(","))
     plan = [("eps-fmnist", 4)] if args.smoke else [("eps-lite-B", 64), ("eps-sd-M", 16)]
-    for preset, batch in plan:
-        r = bench_preset(preset, batch, args.budget_s / len(plan), perceptual)
-        r["fraction_of_measured_matmul"] = round(r["tflops"] / result["matmul_bf16_tflops_measured"], 3)
-        r["fraction_of_datasheet"] = round(r["tflops"] * 1e12 / peak, 3) if peak else None
-        result["runs"].append(r)
-        print(json.dumps(r), flush=True)
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
-    result["engine_check"] = engine_check("eps-fmnist", 3, 2) if args.smoke else engine_check()
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{name}, torch {torch.__version__}, perceptual: {perc_note}")
+    seconds = 0.5 if args.smoke else 8.0
+    profiled_step = None
+    for preset, batch in plan if "train" in parts else ():
+        flops = None
+        for variant in VARIANTS:
+            run = lambda p=preset, b=batch, v=variant, f=flops: train_bench(p, b, v, seconds, f, args.smoke)  # noqa: E731
+            r = part(f"train {preset} {variant}", 25 if variant == "before" else 90, run)
+            if r is None:
+                continue
+            flops = r["flops_per_step"]
+            step = r.pop("_step")
+            if variant == "after" and profiled_step is None:
+                profiled_step = step
+            r["fraction_of_measured_matmul"] = round(r["tflops"] / result["matmul_bf16_tflops_measured"], 3)
+            r["fraction_of_datasheet"] = round(r["tflops"] * 1e12 / peak, 3) if peak else None
+            result["train"].append(r)
+            save()
+    if "profile" in parts and profiled_step is not None:
+        result["profile_eps_lite_B_after"] = part("profile", 20, lambda: profile_step(profiled_step))
+    profiled_step = None
+    if "decode" in parts:
+        res = [64] if args.smoke else [256, 512]
+        dsec = 0.2 if args.smoke else 2.0
+        plan_d = ((False, [16, 1], 40),) + (() if NO_COMPILE else ((True, [16], 150), (True, [1], 120)))
+        for compiled, batches, needs in plan_d:
+            run = lambda c=compiled, b=batches: decode_rows(decoder_arms(args.smoke), res, b, c, dsec)  # noqa: E731
+            rows = part(f"decode compiled={compiled} batch {batches}", needs, run)
+            result["decode"] += rows or []
+    if "engine" in parts:
+        result["engine_check"] = part("engine", 60, lambda: engine_check(args.smoke))
+    result["total_seconds"] = round(time.perf_counter() - start, 1)
+    save()
+    print_tables(result)
+
+
+def print_tables(result: dict) -> None:
+    print(f"\n{result['device']}, torch {result['torch']}, {result['date']}; perceptual: {result['perceptual']}")
     print(f"measured bf16 matmul: {result['matmul_bf16_tflops_measured']} TFLOP/s")
-    print(
-        f"{'preset':<12}{'res':>5}{'batch':>7}{'img/s':>9}{'TFLOP/s':>9}{'of matmul':>11}{'of spec':>9}{'peak GiB':>10}"
-    )
-    for r in result["runs"]:
-        print(
-            f"{r['preset']:<12}{r['resolution']:>5}{r['batch']:>7}{r['images_per_s']:>9}{r['tflops']:>9}"
-            f"{r['fraction_of_measured_matmul']:>11}{str(r['fraction_of_datasheet']):>9}{str(r['peak_memory_gib']):>10}"
-        )
-    e = result["engine_check"]
-    print(
-        f"engine: {e['summary']['step']} steps, {e['summary']['mixed_precision']}, exported={e['exported']}, "
-        f"last loss {e['last_stats'].get('loss'):.4f}"
-    )
+    print(f"{'preset':<12}{'variant':<12}{'res':>5}{'batch':>6}{'img/s':>9}{'no R1':>9}{'TFLOP/s':>9}"
+          f"{'of matmul':>10}{'peak GiB':>9}{'warm s':>8}")  # fmt: skip
+    for r in result["train"]:
+        print(f"{r['preset']:<12}{r['variant']:<12}{r['resolution']:>5}{r['batch']:>6}{r['images_per_s']:>9}"
+              f"{r['images_per_s_without_r1']:>9}{r['tflops']:>9}{r['fraction_of_measured_matmul']:>10}"
+              f"{str(r['peak_memory_gib']):>9}{r['warmup_seconds']:>8}")  # fmt: skip
+    prof = result.get("profile_eps_lite_B_after")
+    if prof:
+        print(f"profile (eps-lite-B after, {prof['device_ms_per_step']} ms/step on device): {prof['families_percent']}")
+    rows = result["decode"]
+    if rows:
+        print(f"{'decoder':<18}{'res':>5}{'batch':>6}{'compiled':>9}{'img/s':>10}{'vs SD-VAE':>10}")
+    for r in rows:
+        base = next((b for b in rows if b["decoder"] == "sd-vae" and b["resolution"] == r["resolution"]
+                     and b["batch"] == r["batch"] and b["compiled"] == r["compiled"]), None)  # fmt: skip
+        ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
+        print(f"{r['decoder']:<18}{r['resolution']:>5}{r['batch']:>6}{str(r['compiled']):>9}"
+              f"{r['images_per_s']:>10}{ratio:>10}")  # fmt: skip
+    e = result.get("engine_check")
+    if e:
+        s = e["summary"]
+        print(f"engine: {s['step']} steps, {s['mixed_precision']}, accumulation {s['accumulation_steps']}, "
+              f"exported={e['exported']}, {e['seconds']} s, last loss {e['last_stats'].get('loss')}")  # fmt: skip
+    for err in result["errors"]:
+        print(f"ERROR in {err['part']}: {err['error']}")
+    for s in result["skipped"]:
+        print(f"skipped: {s}")
 
 
 if __name__ == "__main__":

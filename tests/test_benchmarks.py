@@ -149,15 +149,24 @@ def test_steps_quick(fmnist, tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_smoke_on_cpu(fmnist, tmp_path):
+    """Every part of the one-call GPU check runs (tiny, on the CPU, without compiling)."""
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--budget-s", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--no-compile", "--budget-s", "900",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    run = result["runs"][0]
-    assert run["flops_per_step"] > 0 and run["images_per_s"] > 0 and result["engine_check"]["exported"]
+    assert result["errors"] == [] and result["skipped"] == [], (result["errors"], result["skipped"])
+    assert [r["variant"] for r in result["train"]] == ["before", "after", "after+r1/4"]
+    assert all(r["flops_per_step"] > 0 and r["images_per_s"] > 0 for r in result["train"])
+    decoders = {r["decoder"] for r in result["decode"]}
+    assert {"sd-vae", "eps-sd-B 1-step", "eps-sd-B 3-step"} <= decoders
+    assert {(r["resolution"], r["batch"]) for r in result["decode"]} == {(64, 16), (64, 1)}
+    engine = result["engine_check"]
+    assert engine["exported"] and engine["summary"]["accumulation_steps"] == 2
+    assert "profile_eps_lite_B_after" in result and "vs SD-VAE" in proc.stdout
 
 
 @pytest.mark.slow
@@ -272,3 +281,17 @@ def test_photos_quick(tmp_path):
     assert [r["arm"] for r in result["rows"]] == ["vae-photo", "eps-photo"]
     assert "holdout=0.26" in result["data"] and result["rows"][1]["compression"] == 24.0
     assert {"psnr", "ssim", "fd_indep", "fd_domain"} <= set(result["rows"][1]["eval"]["results"]["3"])
+
+
+@pytest.mark.slow
+def test_data_speed_quick(tmp_path):
+    out = tmp_path / "d"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_speed.py"), "--quick", "--out", str(out),
+         "--data-dir", str(tmp_path / "jpegs")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "data_speed.json").read_text())["rows"]
+    assert [r["workers"] for r in rows[:2]] == [0, 1] and all(r["images_per_s"] > 0 for r in rows)
+    assert len(list((tmp_path / "jpegs").glob("*.jpg"))) == 8

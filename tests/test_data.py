@@ -82,8 +82,11 @@ def test_step_batches_resume_at_same_index_and_shard_ranks():
     assert StepBatches(10, 4, seed=3).indices(4) == steps[4]  # a fresh object at step 4 agrees
     first_epoch = [i for s in steps[:2] for i, _ in s] + [i for i, _ in steps[2][:2]]
     assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
-    r0, r1 = StepBatches(10, 2, 2, 0, seed=3), StepBatches(10, 2, 2, 1, seed=3)
-    assert r0.indices(1) + r1.indices(1) == full.indices(1)
+    # the batch size is global: two ranks split each step's batch, whatever their number
+    r0, r1 = StepBatches(10, 4, 2, 0, seed=3), StepBatches(10, 4, 2, 1, seed=3)
+    assert r0.indices(1) + r1.indices(1) == full.indices(1) and len(r0.indices(1)) == 2
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        StepBatches(10, 4, 3, 0)
 
 
 def test_unknown_spec_and_wrong_channels(fmnist):

@@ -14,7 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+
 T = TypeVar("T")
+SWITCH = ("auto", "on", "off")  # performance switches: 'auto' turns them on with CUDA
 
 
 class ConfigError(ValueError):
@@ -136,6 +139,7 @@ class LossConfig:
     disc_start: int = 0  # step at which the adversarial term (and discriminator training) starts
     r1_weight: float = 10.0
     r1_every: int = 4  # lazy R1: every k discriminator steps, scaled by k
+    r1_subsample: int = 1  # R1 on every k-th image of the batch only (an unbiased estimate, k times cheaper)
     x0_l1_weight: float = 0.0  # ε-VAE: optional L1 on the one-step estimate x0_hat (not in the paper)
     recon: str = "l1"  # VAE reconstruction loss: 'l1' or 'l2'
     recon_weight: float = 1.0
@@ -144,12 +148,13 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """The training recipe (PAPER.md section 4). Batch size is per process."""
+    """The training recipe (PAPER.md section 4). `batch_size` is the global batch of one optimiser step."""
 
     data: str | None = None  # dataset spec: fashion-mnist, folder:PATH, skimage-photos
     resolution: int | None = None  # crop size for folder/photo data; None = the model's image_size
     steps: int = 1_000_000
-    batch_size: int = 256
+    batch_size: int = 256  # global: split over processes, then micro-batches (gradient accumulation)
+    micro_batch_size: int | None = None  # images per forward per process; None = the process's whole share
     lr: float = 1e-4
     disc_lr: float = 1e-4
     warmup: int = 5000  # linear learning-rate warm-up steps, then constant
@@ -160,6 +165,8 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema, (1 + step) / (10 + step)): early EMA tracks the weights
     seed: int = 0
     mixed_precision: str = "auto"  # 'auto' (bf16 on GPU, fp32 on CPU), 'bf16' or 'no'
+    compile: str = "auto"  # torch.compile the encoder and decoder: 'auto' (on with CUDA), 'on' or 'off'
+    channels_last: str = "auto"  # NHWC activations and weights: 'auto' (on with CUDA), 'on' or 'off'
     num_workers: int = 0  # data-loading processes for image folders
     strict_data: bool = False  # error on an unreadable image instead of skipping it
     log_every: int = 50
@@ -171,6 +178,20 @@ class TrainConfig:
     eval_images: int = 256
     init_from: str | None = None  # an exported model directory whose weights start the run (fine-tuning)
     loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("compile", "channels_last"):
+            if getattr(self, name) not in SWITCH:
+                raise ConfigError(f"train.{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"train.micro_batch_size must be positive (or null), got {self.micro_batch_size}")
+        if self.loss.r1_subsample < 1:
+            raise ConfigError(f"train.loss.r1_subsample must be at least 1, got {self.loss.r1_subsample}")
+
+    def switch(self, name: str, device: torch.device | str) -> bool:
+        """Whether a performance switch ('auto' = on with CUDA) is on for `device`."""
+        value = getattr(self, name)
+        return value == "on" or (value == "auto" and torch.device(device).type == "cuda")
 
 
 @dataclass
@@ -217,7 +238,8 @@ class GeneratorTrainConfig:
     ae: str | None = None  # the autoencoder's exported model directory (latent statistics in its config)
     latents: str | None = None  # directory written by `epsvae encode-dataset`
     steps: int = 400_000
-    batch_size: int = 256
+    batch_size: int = 256  # global, as for the autoencoders
+    micro_batch_size: int | None = None
     lr: float = 1e-4
     warmup: int = 0
     beta1: float = 0.9

@@ -250,15 +250,20 @@ def iter_batches(dataset, n: int, batch_size: int):
 class StepBatches:
     """Batches addressed by global step, so a resumed run continues at the same index.
 
-    Global step k covers positions [k * B * W, (k + 1) * B * W) of an endless stream of
-    epochs, each a fresh permutation seeded by (seed, epoch); rank r takes its B-slice.
-    Each item carries its own augmentation seed derived from (seed, epoch, index).
+    Global step k covers positions [k * B, (k + 1) * B) of an endless stream of epochs,
+    each a fresh permutation seeded by (seed, epoch), with B the global batch; rank r of
+    W takes the contiguous positions [k * B + r * B / W, k * B + (r + 1) * B / W), so the
+    global batch is the same for any number of processes. Each item carries its own
+    augmentation seed derived from (seed, epoch, index).
     """
 
     def __init__(
         self, size: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True
     ):
+        if batch_size % world_size:
+            raise ValueError(f"the global batch {batch_size} does not split over {world_size} processes")
         self.size, self.batch_size, self.world_size, self.rank = size, batch_size, world_size, rank
+        self.share = batch_size // world_size
         self.seed, self.shuffle = seed, shuffle
         self._perm: tuple[int, torch.Tensor] | None = None
 
@@ -272,10 +277,10 @@ class StepBatches:
         return self._perm[1]
 
     def indices(self, step: int) -> list[tuple[int, int]]:
-        """[(dataset index, augmentation seed)] for this rank at global step `step`."""
-        start = (step * self.world_size + self.rank) * self.batch_size
+        """[(dataset index, augmentation seed)] for this rank's share of global step `step`."""
+        start = step * self.batch_size + self.rank * self.share
         out = []
-        for pos in range(start, start + self.batch_size):
+        for pos in range(start, start + self.share):
             epoch, within = divmod(pos, self.size)
             index = int(self._permutation(epoch)[within])
             out.append((index, (self.seed * 1_000_003 + epoch) * 10_000_019 + index))
@@ -294,7 +299,7 @@ def collate(items: list[tuple[torch.Tensor, int, tuple[str, ...]]]) -> tuple[tor
 class BatchStream:
     """Iterate training batches from global step `start` on: in-memory fast path or a DataLoader."""
 
-    def __init__(self, dataset, batches: StepBatches, start: int, num_workers: int = 0):
+    def __init__(self, dataset, batches: StepBatches, start: int, num_workers: int = 0, pin_memory: bool = False):
         self.dataset, self.batches, self.step = dataset, batches, start
         self.loader = None
         if not hasattr(dataset, "batch"):
@@ -306,6 +311,8 @@ class BatchStream:
                     collate_fn=collate,
                     num_workers=num_workers,
                     persistent_workers=num_workers > 0,
+                    pin_memory=pin_memory,  # page-locked host batches: the copy to the GPU overlaps compute
+                    prefetch_factor=4 if num_workers > 0 else None,
                 )
             )
 

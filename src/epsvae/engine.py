@@ -2,22 +2,31 @@
 
 The autoencoder loop (`epsvae.train`) and the latent generator loop (`epsvae.generation`)
 each build their networks and define one step; `Engine` does the rest the same way for
-both: per-step seeds from (seed, rank, step) so a resumed run continues exactly, atomic
-checkpoints, warm-up learning rate, EMA with warm-up, finite-loss checks on every rank,
-stats.jsonl + TensorBoard + a progress bar, and a final.json summary.
+both: the global batch split over processes and micro-batches (gradient accumulation),
+per-step randomness that does not depend on that split, so a resumed run continues
+exactly (with any number of processes), atomic checkpoints, warm-up learning rate, EMA
+with warm-up, finite-loss checks on every rank without a host sync per step, stats.jsonl
++ TensorBoard + a progress bar (`epsvae.meter`), and a final.json summary.
+
+Batch semantics (as in the paper): `batch_size` is the global batch of one optimiser
+step. Each of the W processes takes a contiguous 1/W of it, in micro-batches of
+`micro_batch_size` (default: the whole share), and gradients are accumulated over
+them; so 8 GPUs, or 1 GPU with 8 micro-batches, train on the same batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .meter import Meter, budget_desc, peak_memory_mb
 
 CHECKPOINT = "checkpoint.pt"
 SKIPPED = "skipped_images.txt"
@@ -79,16 +88,28 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def batch_plan(batch_size: int, micro_batch_size: int | None, world: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) for a global batch over `world` processes."""
+    from .config import ConfigError
+
+    if batch_size < 1 or batch_size % world:
+        raise ConfigError(
+            f"train.batch_size {batch_size} (the global batch) must be a positive multiple of the {world} processes"
+        )
+    share = batch_size // world
+    micro = micro_batch_size or share
+    if micro < 1 or share % micro:
+        raise ConfigError(
+            f"each of the {world} processes takes {share} images of the global batch {batch_size}; "
+            f"train.micro_batch_size {micro} must divide it"
+        )
+    return micro, share // micro
 
 
 class Engine:
     """One run directory's training machinery. `tc` is any config with the TrainConfig basics
-    (seed, steps, batch_size, mixed_precision, grad_clip, ema, ema_warmup, warmup, log_every,
-    ckpt_every, sample_every)."""
+    (seed, steps, batch_size, micro_batch_size, mixed_precision, grad_clip, ema, ema_warmup,
+    warmup, log_every, ckpt_every, sample_every)."""
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], tc, progress: bool = True):
         from accelerate import Accelerator
@@ -103,6 +124,10 @@ class Engine:
         acc = self.accelerator
         self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
         self.main = acc.is_main_process
+        self.micro, self.accum = batch_plan(tc.batch_size, getattr(tc, "micro_batch_size", None), self.world)
+        self.share = tc.batch_size // self.world  # this process's images per step
+        if self.device.type == "cuda":  # TF32 for the fp32 matmuls and convolutions that autocast leaves
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.run_dir = Path(run_dir)
         self.ckpt_path = self.run_dir / CHECKPOINT
         self.config = config
@@ -111,10 +136,10 @@ class Engine:
             write_json_atomic(self.run_dir / "config.json", config)
         self.step, self.seconds_before = 0, 0.0
         self.progress = progress
-        self.sums: dict[str, float] = {}
-        self.count = 0
+        self.meter = Meter(self.run_dir, self.device, self.main)
         self.extra: dict[str, Any] = {"skipped_images": 0}  # added to every stats row (running totals)
-        self.by_t: dict[str, list[list[float]]] = {}  # name -> [sum, count] per t-bin, this interval
+        self.bad = torch.zeros((), device=self.device)  # non-finite losses since the last check
+        self.checked_step = 0
 
     # ------------------------------------------------------------------ state
 
@@ -132,10 +157,16 @@ class Engine:
                 check_state_dict(obj, state[key], source=f"{self.ckpt_path} [{key}]")
         for key, obj in parts.items():
             obj.load_state_dict(state[key])
-        self.step = int(state["step"])
+        self.step = self.checked_step = int(state["step"])
         self.seconds_before = float(state.get("seconds", 0.0))
         if self.main:
             print(f"[train] resuming {self.run_dir} at step {self.step}")
+            before = state.get("world_size", self.world)
+            if before != self.world:  # same global batches and randomness; sums in another order
+                print(
+                    f"[train] the run used {before} process(es) and continues with {self.world}: the same global "
+                    "batches and noise, so the same training up to floating-point summation order"
+                )
         return True
 
     def start(self, minutes: float | None = None) -> None:
@@ -145,25 +176,8 @@ class Engine:
         preset's full length, not the budget's) and says when the budget ends."""
         self.start_step, self.t0 = self.step, time.time()
         self.last_log, self.last_step = self.t0, self.step
-        self.bar = None
-        if self.main and self.progress:
-            from tqdm import tqdm
-
-            total = None if minutes is not None else self.tc.steps
-            desc = (
-                f"{minutes:g} min budget (stops by {time.strftime('%H:%M', time.localtime(self.t0 + 60 * minutes))})"
-                if minutes is not None
-                else None
-            )
-            self.bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True, desc=desc)
-        self.writer = None
-        if self.main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.run_dir / "tb"))
-            except ImportError:
-                print("[train] tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+        total = None if minutes is not None else self.tc.steps
+        self.meter.open(self.step, total, budget_desc(minutes, self.t0), self.progress)
 
     def stop_clock(self) -> None:
         """Call right after the loop: what follows (export, grids) is not training time."""
@@ -176,6 +190,8 @@ class Engine:
         return self.seconds_before + (getattr(self, "t_end", None) or time.time()) - self.t0
 
     def save(self, parts: dict[str, Any]) -> None:
+        """Write the checkpoint (main rank), after checking every loss since the last check was finite."""
+        self.verify()
         if self.main:
             state = {k: v.state_dict() for k, v in parts.items()}
             state.update(
@@ -183,6 +199,7 @@ class Engine:
                 seconds=self.total_seconds(),
                 rng=torch.get_rng_state(),
                 config=json.dumps(self.config),
+                world_size=self.world,
             )
             atomic_save(state, self.ckpt_path)
         self.accelerator.wait_for_everyone()
@@ -190,10 +207,60 @@ class Engine:
     # ------------------------------------------------------------------ one step
 
     def seed_step(self) -> torch.Generator:
-        """Reseed torch and return a generator for this (seed, rank, step)."""
-        seed = step_seed(self.tc.seed, self.rank, self.step)
-        torch.manual_seed(seed)
-        return torch.Generator(device=self.device).manual_seed(seed)
+        """The step's generator, the same on every rank (seeded by (seed, step)): the whole global
+        batch's randomness is drawn from it and sliced, so no sample's noise depends on how the
+        batch is split. Torch's own generator is reseeded per (seed, rank, step) for the rest
+        (dropout, if a config turns it on)."""
+        torch.manual_seed(step_seed(self.tc.seed, self.rank, self.step))
+        return torch.Generator(device=self.device).manual_seed(step_seed(self.tc.seed, -1, self.step))
+
+    def my_share(self, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's slice of per-sample tensors drawn for the whole global batch."""
+        lo = self.rank * self.share
+        return {k: v[lo : lo + self.share] for k, v in draws.items()}
+
+    def micro_batches(self, *parts):
+        """Split this rank's share (tensors, or dicts of tensors) into micro-batches: yields (i, parts_i)."""
+        for i in range(self.accum):
+            sl = slice(i * self.micro, (i + 1) * self.micro)
+            yield i, tuple({k: v[sl] for k, v in p.items()} if isinstance(p, dict) else p[sl] for p in parts)
+
+    def no_sync(self, module, i: int):
+        """Skip DDP's gradient all-reduce on every micro-batch but the last (wrap forward and backward)."""
+        if i == self.accum - 1 or not hasattr(module, "no_sync"):
+            return contextlib.nullcontext()
+        return module.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of one micro-batch's mean loss (scaled so the step sees the global mean)."""
+        self.bad = self.bad + (~torch.isfinite(loss.detach().float())).float()  # checked without a host sync
+        self.accelerator.backward(loss / self.accum)
+
+    def step_optimizer(self, module, opt) -> None:
+        if self.tc.grad_clip:
+            self.accelerator.clip_grad_norm_(module.parameters(), self.tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def verify(self) -> None:
+        """Raise if any loss since the last check was not finite (on any rank); the checkpoint is left intact."""
+        bad = self.bad.reshape(1)
+        if self.world > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            values = ", ".join(f"{k}={v:.4g}" for k, v in self.meter.averages().items())
+            kept = (
+                f"the last good checkpoint {self.ckpt_path} is intact"
+                if self.ckpt_path.is_file()
+                else "no checkpoint was written"
+            )
+            first, last = self.checked_step, self.step - 1  # the steps (0-based) since the last check
+            where = f"at step {last}" if last <= first else f"between steps {first} and {last}"
+            raise TrainingDiverged(
+                f"non-finite loss {where} ({values}); training stopped, {kept}. "
+                "Lower the learning rate, raise warm-up or grad clipping, or check the data."
+            )
+        self.checked_step = self.step
 
     def warmup_lr(self, pairs: list[tuple[torch.optim.Optimizer, float]]) -> float:
         scale = min(1.0, (self.step + 1) / max(1, self.tc.warmup))
@@ -201,31 +268,6 @@ class Engine:
             for group in optimizer.param_groups:
                 group["lr"] = base_lr * scale
         return scale
-
-    def optimize(self, loss: torch.Tensor, terms: dict, module, opt) -> None:
-        """One optimiser step on `loss`, after checking (on every rank) that it is finite."""
-        self.check_finite(loss, terms)
-        opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
-        if self.tc.grad_clip:
-            self.accelerator.clip_grad_norm_(module.parameters(), self.tc.grad_clip)
-        opt.step()
-
-    def check_finite(self, loss: torch.Tensor, terms: dict) -> None:
-        bad = (~torch.isfinite(loss.detach().float())).float().reshape(1)
-        if self.world > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            kept = (
-                f"the last good checkpoint {self.ckpt_path} is intact"
-                if self.ckpt_path.is_file()
-                else "no checkpoint was written"
-            )
-            raise TrainingDiverged(
-                f"non-finite loss at step {self.step} ({values}); training stopped, {kept}. "
-                "Lower the learning rate, raise warm-up or grad clipping, or check the data."
-            )
 
     @torch.no_grad()
     def ema_update(self, ema: torch.nn.Module, model: torch.nn.Module) -> None:
@@ -240,63 +282,30 @@ class Engine:
         with open(self.run_dir / SKIPPED, "a") as f:  # short O_APPEND writes: ranks do not interleave lines
             f.write("".join(f"{self.step}\t{name}\n" for name in names))
 
-    def write_row(self, row: dict[str, float], images: dict[str, torch.Tensor] | None = None) -> None:
-        """An extra stats row at the current step (validation), to stats.jsonl and TensorBoard (main rank)."""
-        if not self.main:
-            return
-        with open(self.run_dir / "stats.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **row}) + "\n")
-        if self.writer is not None:
-            for k, v in row.items():
-                self.writer.add_scalar(k, v, self.step)
-            for k, v in (images or {}).items():  # (N, C, H, W) in [-1, 1]
-                self.writer.add_images(k, (v.float().cpu().clamp(-1, 1) + 1) / 2, self.step)
-
-    def record(self, terms: dict[str, float]) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
+    def record(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add loss terms (device tensors) to this interval's averages."""
+        self.meter.add(terms)
 
     def record_by_t(self, name: str, per: torch.Tensor, t: torch.Tensor, bins: int = 5) -> None:
         """Accumulate a per-sample loss (N,) in `bins` equal bins of t; logged as `name`."""
-        from .losses import loss_by_t
+        self.meter.add_by_t(name, per, t, bins)
 
-        acc = self.by_t.setdefault(name, [[0.0, 0.0] for _ in range(bins)])
-        for b, (total, count) in enumerate(loss_by_t(per.detach(), t, bins)):
-            acc[b][0] += total
-            acc[b][1] += count
+    def write_row(self, row: dict[str, float], images: dict[str, torch.Tensor] | None = None) -> None:
+        """An extra stats row at the current step (validation), to stats.jsonl and TensorBoard (main rank)."""
+        self.meter.write_row({"step": self.step, **row}, images)
 
     def end_step(self, lr: float) -> tuple[bool, bool]:
-        """Advance the step, write a stats row when due; returns (checkpoint due, samples due)."""
+        """Advance the step; write a stats row when due (after checking the losses were finite);
+        returns (checkpoint due, samples due)."""
         tc = self.tc
         self.step += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            if "loss" in self.sums:
-                self.bar.set_postfix(loss=f"{self.sums['loss'] / max(self.count, 1):.4f}", refresh=False)
+        self.meter.tick()
         if self.step % tc.log_every == 0 or self.step == tc.steps:
+            self.verify()
             now = time.time()
-            ips = (self.step - self.last_step) * tc.batch_size * self.world / max(now - self.last_log, 1e-9)
-            row = {
-                "step": self.step,
-                "lr": lr,
-                "images_per_s": round(ips, 2),
-                "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-            }
-            row.update(self.extra)
-            row.update({k: v / max(self.count, 1) for k, v in self.sums.items()})
-            for name, acc in self.by_t.items():
-                row[name] = [round(total / count, 5) if count else None for total, count in acc]
-            if self.main:
-                with open(self.run_dir / "stats.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if self.writer is not None:
-                    for k, v in row.items():
-                        if isinstance(v, (int, float)) and k != "step":
-                            self.writer.add_scalar(k, v, self.step)
-                if self.bar is not None:
-                    self.bar.set_postfix(loss=f"{row.get('loss', 0.0):.4f}", img_s=f"{ips:.0f}", refresh=True)
-            self.sums, self.count, self.by_t = {}, 0, {}
+            ips = (self.step - self.last_step) * tc.batch_size / max(now - self.last_log, 1e-9)
+            extra = {"lr": lr, "images_per_s": round(ips, 2), "peak_memory_mb": round(peak_memory_mb(self.device), 1)}
+            self.meter.flush(self.step, {**extra, **self.extra})
             self.last_log, self.last_step = now, self.step
         return self.step % tc.ckpt_every == 0, self.step % tc.sample_every == 0
 
@@ -324,15 +333,16 @@ class Engine:
         """Close the logs and write final.json (rank digests prove the ranks stayed in sync)."""
         from accelerate.utils import gather_object
 
-        if self.bar is not None:
-            self.bar.close()
+        self.meter.close()
         summary = {
             "step": self.step,
             "steps_this_session": self.step - self.start_step,
             "seconds": round((getattr(self, "t_end", None) or time.time()) - self.t0, 1),
             "total_seconds": round(self.total_seconds(), 1),
             "world_size": self.world,
-            "effective_batch_size": self.tc.batch_size * self.world,
+            "effective_batch_size": self.tc.batch_size,
+            "micro_batch_size": self.micro,
+            "accumulation_steps": self.accum,
             "rank_param_digests": gather_object([param_digest(model)]),
             "device": str(self.device),
             "mixed_precision": self.mixed_precision,
@@ -343,8 +353,6 @@ class Engine:
             print(f"[train] skipped {self.extra['skipped_images']} unreadable image(s): see {self.run_dir / SKIPPED}")
         if self.main:
             write_json_atomic(self.run_dir / "final.json", summary)
-            if self.writer is not None:
-                self.writer.close()
         return summary
 
     def close(self) -> None:

@@ -236,6 +236,23 @@ class LatentGenerator(nn.Module):
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
+    def draw(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        t_sampler: str = "logit-normal",
+        t_mean: float = 0.0,
+        t_std: float = 1.0,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, torch.Tensor]:
+        """All the randomness of a training forward over `n` latents: label dropout, t, noise (the
+        training loop draws it for the global batch and slices it, as `Autoencoder.draw`)."""
+        c, s = self.config.latent_channels, self.config.latent_size
+        device = generator.device if generator is not None else device
+        drop = torch.rand(n, generator=generator, device=device) < self.config.class_dropout
+        t = flow.sample_t(t_sampler, n, t_mean, t_std, generator, device)
+        return {"drop": drop, "t": t, "noise": torch.randn((n, c, s, s), generator=generator, device=device)}
+
     def forward(
         self,
         x0: torch.Tensor,
@@ -244,16 +261,15 @@ class LatentGenerator(nn.Module):
         t_sampler: str = "logit-normal",
         t_mean: float = 0.0,
         t_std: float = 1.0,
+        draws: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: (per-sample velocity MSE (N,), t (N,)) for normalised latents x0 and labels y."""
-        from .models import randn_like
+        """Training: (per-sample velocity MSE (N,), t (N,)) for normalised latents x0 and labels y.
 
-        n = x0.shape[0]
-        gdev = generator.device if generator is not None else x0.device
-        drop = torch.rand(n, generator=generator, device=gdev).to(x0.device) < self.config.class_dropout
+        The randomness comes from `draws` (see `draw`) or else `generator`."""
+        if draws is None:
+            draws = self.draw(x0.shape[0], generator, t_sampler, t_mean, t_std, x0.device)
+        drop, t, noise = draws["drop"].to(x0.device), draws["t"].to(x0.device), draws["noise"].to(x0)
         y = torch.where(drop, torch.full_like(y, self.null_label), self._labels(y))
-        t = flow.sample_t(t_sampler, n, t_mean, t_std, generator, gdev).to(x0.device)
-        noise = randn_like(x0, generator)
         v = self.net(flow.interpolate(x0, noise, t), t, y)
         target = flow.velocity_target(x0, noise)
         return (v.float() - target.float()).pow(2).mean((1, 2, 3)), t
@@ -400,7 +416,9 @@ def train_generator(
     torch.manual_seed(tc.seed)
     model = LatentGenerator(cfg.model)
     ema = copy.deepcopy(model).eval().requires_grad_(False).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
+                            fused=device.type == "cuda")  # fmt: skip
     eng.restore({"model": model, "ema": ema, "opt": opt})
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
@@ -419,16 +437,20 @@ def train_generator(
     eng.start(minutes)
     while eng.step < tc.steps and not eng.out_of_time(minutes):
         gen = eng.seed_step()
-        z, y, _ = next(stream)
+        z, y, _ = next(stream)  # this process's share of the global batch
         x0 = (z.to(device) - mean) / std
+        draws = eng.my_share(raw.draw(tc.batch_size, gen, tc.t_sampler, tc.t_mean, tc.t_std))
         lr_scale = eng.warmup_lr([(opt, tc.lr)])
-        with acc.autocast():
-            per, t = model(x0, y.to(device), gen, tc.t_sampler, tc.t_mean, tc.t_std)
-            loss = per.mean()
-        eng.optimize(loss, {"loss": loss}, model, opt)
+        for i, (xm, ym, dm) in eng.micro_batches(x0, y.to(device), draws):
+            with eng.no_sync(model, i):
+                with acc.autocast():
+                    per, t = model(xm, ym, draws=dm)
+                    loss = per.mean()
+                eng.backward(loss)
+            eng.record({"loss": loss})
+            eng.record_by_t("loss_by_t", per, t)
+        eng.step_optimizer(model, opt)
         eng.ema_update(ema, raw)
-        eng.record({"loss": loss.item()})
-        eng.record_by_t("loss_by_t", per, t)
         ckpt_due, sample_due = eng.end_step(tc.lr * lr_scale)
         if ckpt_due:
             eng.save(parts)

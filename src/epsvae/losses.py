@@ -52,26 +52,19 @@ def disc_pair(image: torch.Tensor, x_t: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([image, x_t if x_t is not None else torch.zeros_like(image)], dim=1)
 
 
-def loss_by_t(per_sample: torch.Tensor, t: torch.Tensor, bins: int = 5) -> list[tuple[float, float]]:
-    """[(sum, count)] per t-bin of [0, 1): summed so that intervals and ranks can be merged."""
-    idx = (t.float() * bins).long().clamp(0, bins - 1)
-    sums = torch.zeros(bins, device=t.device).index_add_(0, idx, per_sample.detach().float())
-    counts = torch.zeros(bins, device=t.device).index_add_(0, idx, torch.ones_like(per_sample, dtype=torch.float))
-    return list(zip(sums.tolist(), counts.tolist(), strict=True))
-
-
 # --------------------------------------------------------------------------- one step's losses
 
 
-def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None):
+def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None, draws=None):
     """(weighted loss, {term: value}, forward output) of one autoencoder step.
 
     `model` may be DDP-wrapped; `disc` must be the unwrapped discriminator: it is
-    frozen for this call, so the loss trains the autoencoder alone.
+    frozen for this call, so the loss trains the autoencoder alone. The forward's
+    randomness comes from `draws` (`Autoencoder.draw`, sliced) or else `generator`.
     """
     raw = getattr(model, "module", model)
     kind = raw.config.kind
-    out = model(x, generator=generator)
+    out = model(x, generator=generator, **(draws or {}))
     terms: dict[str, torch.Tensor] = {}
     if kind == "epsilon":
         terms["velocity"] = velocity_mse(out.v_pred, out.v_target)
@@ -107,20 +100,28 @@ def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.null
 
     ε-VAE: real (x0, x_t), fake (x0_hat, x_t), conditioned on t (trajectory matching).
     VAE: real x, fake x_hat. The autoencoder's outputs are detached: this loss trains
-    the discriminator alone. R1 (lazy, every `r1_every` steps) is computed in fp32.
+    the discriminator alone. R1 (lazy, every `r1_every` steps, on every `r1_subsample`-th
+    pair) is computed in fp32.
     """
     if hasattr(out, "x0_hat"):
         recon, x_t, t = out.x0_hat.detach(), out.x_t.detach(), out.t.detach()
     else:
         recon, x_t, t = out.x_hat.detach(), None, torch.zeros(x.shape[0], device=x.device)
-    real = disc_pair(x, x_t).detach().requires_grad_(r1_step)
+    k = lc.r1_subsample
+    real = disc_pair(x, x_t).detach().requires_grad_(r1_step and k == 1)
     with autocast():
         real_logits = disc(real, t)
         fake_logits = disc(disc_pair(recon, x_t), t)
     loss = discriminator_adv(real_logits, fake_logits)
     terms = {"d_real": real_logits.float().mean(), "d_fake": fake_logits.float().mean()}
     if r1_step:
-        terms["r1"] = r1_penalty(real_logits, real)
+        if k == 1:
+            terms["r1"] = r1_penalty(real_logits, real)
+        else:  # every k-th pair: an unbiased estimate of the mean penalty, the double backward k times cheaper
+            sub = real[::k].detach().requires_grad_(True)
+            with autocast():
+                sub_logits = disc(sub, t[::k])
+            terms["r1"] = r1_penalty(sub_logits, sub)
         loss = loss + 0.5 * lc.r1_weight * lc.r1_every * terms["r1"]
     terms["disc"] = loss
     return loss, terms

@@ -109,14 +109,31 @@ class Autoencoder(nn.Module):
             return self.encode_posterior(x)[0]
         return self._posterior_sample(x, generator)[0]
 
-    def _posterior_sample(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def _posterior_sample(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ):
         """(z, kl) for training: a posterior sample and its KL to N(0, I), averaged over elements."""
         mean, logvar = self.encode_posterior(x)
         if logvar is None:
             return mean, mean.new_zeros(())
-        z = mean + torch.exp(0.5 * logvar) * randn_like(mean, generator)
+        eps = noise.to(mean) if noise is not None else randn_like(mean, generator)
+        z = mean + torch.exp(0.5 * logvar) * eps
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).mean()
         return z, kl
+
+    def draw(self, n: int, size: tuple[int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """All the randomness of a training forward over `n` images of `size` (H, W), drawn from
+        `generator` in the order `forward` draws it, as keyword arguments for `forward`.
+
+        The training loop draws once for the whole global batch and gives each process and
+        micro-batch its slice: the numbers a sample gets do not depend on how the batch is split."""
+        out: dict[str, torch.Tensor] = {}
+        device = generator.device
+        if self.config.encoder.gaussian:
+            f, cz = self.downsample, self.config.encoder.latent_channels
+            shape = (n, cz, size[0] // f, size[1] // f)
+            out["posterior_noise"] = torch.randn(shape, generator=generator, device=device)
+        return out
 
     # ------------------------------------------------------------------ parameters and files
 
@@ -187,22 +204,33 @@ class EpsilonVAE(Autoencoder):
         scale = flow.input_scale(t, self.config.flow.gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
         return self.decoder(x_t * scale, t, z)
 
+    def draw(self, n: int, size: tuple[int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        out = super().draw(n, size, generator)
+        fc, device = self.config.flow, generator.device
+        out["t"] = flow.sample_t(fc.t_sampler, n, fc.t_mean, fc.t_std, generator, device)
+        shape = (n, self.config.image_channels, *size)
+        out["noise"] = torch.randn(shape, generator=generator, device=device)
+        return out
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        posterior_noise: torch.Tensor | None = None,
     ) -> EpsilonOutput:
-        """One training forward: encode, noise x to a random t, predict the velocity, estimate x0."""
+        """One training forward: encode, noise x to a random t, predict the velocity, estimate x0.
+
+        Randomness not given (t, noise, posterior_noise) is drawn from `generator`."""
         fc = self.config.flow
-        z, kl = self._posterior_sample(x, generator)
+        z, kl = self._posterior_sample(x, generator, posterior_noise)
         n = x.shape[0]
         if t is None:
             device = generator.device if generator is not None else x.device
-            t = flow.sample_t(fc.t_sampler, n, fc.t_mean, fc.t_std, generator, device).to(x.device)
-        if noise is None:
-            noise = randn_like(x, generator)
+            t = flow.sample_t(fc.t_sampler, n, fc.t_mean, fc.t_std, generator, device)
+        t = t.to(x.device)
+        noise = randn_like(x, generator) if noise is None else noise.to(x)
         x_t = flow.interpolate(x, noise, t, fc.gamma)
         v_pred = self.velocity(x_t, t, z)
         x0_hat = flow.x0_estimate(x_t, t, v_pred, fc.gamma)
@@ -254,8 +282,10 @@ class BaselineVAE(Autoencoder):
         super().__init__(config)
         self.decoder = VAEDecoder(config.decoder, config.encoder.latent_channels, config.image_channels)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
-        z, kl = self._posterior_sample(x, generator)
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, posterior_noise: torch.Tensor | None = None
+    ) -> VAEOutput:
+        z, kl = self._posterior_sample(x, generator, posterior_noise)
         return VAEOutput(z, self.decoder(z), kl)
 
     def decode(self, z: torch.Tensor, **_ignored: Any) -> torch.Tensor:

@@ -123,7 +123,7 @@ def train(
     eng = Engine(run_dir, to_dict(cfg), tc, progress)
     device, main, acc = eng.device, eng.main, eng.accelerator
     run_dir = eng.run_dir
-    batches = StepBatches(len(dataset), tc.batch_size, eng.world, eng.rank, tc.seed)
+    batches = StepBatches(len(dataset), tc.batch_size, eng.world, eng.rank, tc.seed)  # this rank's share per step
 
     # ---- networks
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -142,9 +142,13 @@ def train(
     acc.wait_for_everyone()
     if not main:
         perceptual = perceptual_net()
+    # ---- speed: NHWC layout, fused Adam and compiled encoder/decoder on GPUs (train.channels_last, train.compile)
+    memory_format = torch.channels_last if tc.switch("channels_last", device) else torch.contiguous_format
     if perceptual is not None:
-        perceptual = perceptual.to(device)
-    adam = dict(betas=(tc.beta1, tc.beta2), eps=1e-8)
+        perceptual = perceptual.to(device, memory_format=memory_format)
+    model.to(device, memory_format=memory_format)
+    disc.to(device, memory_format=memory_format)
+    adam = dict(betas=(tc.beta1, tc.beta2), eps=1e-8, fused=device.type == "cuda")
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, **adam)
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc.disc_lr, **adam)
     if not eng.restore({"model": model, "disc": disc, "ema": ema, "opt": opt, "opt_d": opt_d}) and tc.init_from:
@@ -153,6 +157,10 @@ def train(
         if main:
             print(f"[train] weights initialised from {tc.init_from}")
     ema.to(device)
+    if tc.switch("compile", device):  # in place: state-dict keys and checkpoints stay as they are
+        for module in (model.encoder, model.decoder, perceptual):  # not D: R1 needs a double backward
+            if module is not None:
+                module.compile()
     model, disc, opt, opt_d = acc.prepare(model, disc, opt, opt_d)
     raw_model: Autoencoder = acc.unwrap_model(model)
     raw_disc = acc.unwrap_model(disc)
@@ -160,7 +168,7 @@ def train(
 
     # ---- feedback
     fixed = torch.stack([dataset[(i, i)][0] for i in range(min(8, len(dataset)))]).to(device)
-    stream = BatchStream(dataset, batches, eng.step, tc.num_workers)
+    stream = BatchStream(dataset, batches, eng.step, tc.num_workers, pin_memory=device.type == "cuda")
 
     def sample_grid() -> None:
         if not main:
@@ -184,27 +192,35 @@ def train(
         sample_grid()
     while eng.step < tc.steps and not eng.out_of_time(minutes):
         gen = eng.seed_step()
-        x, _, skipped = next(stream)
+        x, _, skipped = next(stream)  # this process's share of the global batch
         eng.note_skipped(skipped)
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        draws = eng.my_share(raw_model.draw(tc.batch_size, tuple(x.shape[-2:]), gen))
         lr_scale = eng.warmup_lr([(opt, tc.lr), (opt_d, tc.disc_lr)])
         adv_on = bool(lc.adv_weight) and eng.step >= lc.disc_start
 
-        # ---- autoencoder step (discriminator frozen), then discriminator step (outputs detached)
-        with acc.autocast():
-            loss, terms, out = losses.autoencoder_loss(model, x, lc, perceptual, raw_disc, adv_on, gen)
-        eng.optimize(loss, terms, model, opt)
+        # ---- autoencoder step (discriminator frozen), accumulated over micro-batches
+        outs = []
+        for i, (xm, dm) in eng.micro_batches(x, draws):
+            with eng.no_sync(model, i):
+                with acc.autocast():
+                    loss, terms, out = losses.autoencoder_loss(model, xm, lc, perceptual, raw_disc, adv_on, draws=dm)
+                eng.backward(loss)
+            outs.append(type(out)(*(v.detach() for v in out)))
+            eng.record({**terms, "loss": loss})
+            if kind == "epsilon":
+                eng.record_by_t("velocity_by_t", losses.velocity_mse_per_sample(out.v_pred, out.v_target), out.t)
+        eng.step_optimizer(model, opt)
         eng.ema_update(ema, raw_model)
-        logged = {k: v.item() for k, v in terms.items()}
+        # ---- discriminator step on the same pairs (autoencoder outputs detached)
         if adv_on:
             r1_step = lc.r1_weight > 0 and eng.step % lc.r1_every == 0
-            d_loss, d_terms = losses.discriminator_loss(disc, x, out, lc, r1_step, acc.autocast)
-            eng.optimize(d_loss, d_terms, disc, opt_d)
-            logged.update({k: v.item() for k, v in d_terms.items()})
-        logged["loss"] = loss.item()
-        eng.record(logged)
-        if kind == "epsilon":
-            eng.record_by_t("velocity_by_t", losses.velocity_mse_per_sample(out.v_pred, out.v_target), out.t)
+            for i, (xm,) in eng.micro_batches(x):
+                with eng.no_sync(disc, i):
+                    d_loss, d_terms = losses.discriminator_loss(disc, xm, outs[i], lc, r1_step, acc.autocast)
+                    eng.backward(d_loss)
+                eng.record(d_terms)
+            eng.step_optimizer(disc, opt_d)
         ckpt_due, sample_due = eng.end_step(tc.lr * lr_scale)
         if ckpt_due:
             eng.save(parts)
