@@ -3,7 +3,11 @@
     python benchmarks/gpu_check.py [--budget-s 430] [--out gpu_check.json] [--parts train,profile,decode,engine]
     python benchmarks/gpu_check.py --smoke          # the same code paths, tiny, on the CPU
 
-One command for one GPU call (at most 8 minutes with the default budget):
+torch.compile takes about 3 minutes per training configuration on an H200 (2026-11-28), so
+the whole check needs two calls within a 15-minute lease: `--parts train,profile` (about 7
+minutes) and `--parts decode,engine` (about 5). Pipe the output through nothing that buffers
+(`| tee`, not `| grep`): a call stopped at its time limit loses a buffered pipe's output.
+Parts:
 1. the card: its name, a measured bf16 matmul rate (8192^3) and the datasheet's dense peak;
 2. training: the engine's step (`autoencoder_loss`, `discriminator_loss` with lazy R1, Adam,
    bf16 autocast; the perceptual term is an LPIPS-shaped stand-in, torchvision's VGG16
@@ -15,7 +19,7 @@ One command for one GPU call (at most 8 minutes with the default budget):
    recipe's lazy R1, images/s and achieved TFLOP/s without R1 (FLOPs of one eager step
    counted by torch.utils.flop_counter; R1's double backward defeats the counter), the
    fraction of the measured matmul rate, peak memory, and the compile/warm-up seconds;
-3. a profile of the `after` step of eps-lite-B: CUDA time by kernel family and the top kernels;
+3. a profile of each preset's `after` step: device time by kernel family and the top kernels;
 4. decoding: eps-sd-B at one and three steps against diffusers' SD-VAE decoder (AutoencoderKL
    in Stable Diffusion's configuration, random weights: speed does not depend on them),
    256 and 512 px, batch 16 and 1, eager and compiled, bf16 autocast;
@@ -127,10 +131,11 @@ def train_setup(preset: str, batch: int, variant: str, smoke: bool):
         if m is not None:
             m.to(memory_format=fmt)
     if compiled:  # as `epsvae train` does on CUDA; the discriminator stays eager (R1 needs a double backward)
-        model.encoder.compile()
-        model.decoder.compile()
-        if perceptual is not None:
-            perceptual.compile()
+        # static shapes: the U-Net class's code was already compiled for another preset's shapes, and a
+        # recompile would otherwise go dynamic (seen on an H200: slower to compile, and slower kernels)
+        for m in (model.encoder, model.decoder, perceptual):
+            if m is not None:
+                m.compile(dynamic=False)
     lc = TrainConfig().loss
     lc.r1_subsample = r1_sub
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.0, 0.999), fused=fused)
@@ -395,29 +400,28 @@ def main() -> None:
     parts = set(args.parts.split(","))
     plan = [("eps-fmnist", 4)] if args.smoke else [("eps-lite-B", 64), ("eps-sd-M", 16)]
     seconds = 0.5 if args.smoke else 8.0
-    profiled_step = None
     for preset, batch in plan if "train" in parts else ():
         flops = None
+        torch._dynamo.reset()  # each preset compiles afresh, with static shapes
         for variant in VARIANTS:
             run = lambda p=preset, b=batch, v=variant, f=flops: train_bench(p, b, v, seconds, f, args.smoke)  # noqa: E731
-            r = part(f"train {preset} {variant}", 25 if variant == "before" else 90, run)
+            # the first compiled variant of a preset compiles (about 3 minutes on an H200); the next reuses it
+            r = part(f"train {preset} {variant}", {"before": 25, "after": 200}.get(variant, 30), run)
             if r is None:
                 continue
             flops = r["flops_per_step"]
             step = r.pop("_step")
-            if variant == "after" and profiled_step is None:
-                profiled_step = step
             r["fraction_of_measured_matmul"] = round(r["tflops"] / result["matmul_bf16_tflops_measured"], 3)
             r["fraction_of_datasheet"] = round(r["tflops"] * 1e12 / peak, 3) if peak else None
             result["train"].append(r)
             save()
-    if "profile" in parts and profiled_step is not None:
-        result["profile_eps_lite_B_after"] = part("profile", 20, lambda: profile_step(profiled_step))
-    profiled_step = None
+            if variant == "after" and "profile" in parts:  # profile the step just compiled, while it exists
+                result[f"profile_{preset}_after"] = part(f"profile {preset}", 20, lambda s=step: profile_step(s))
+            del step
     if "decode" in parts:
         res = [64] if args.smoke else [256, 512]
         dsec = 0.2 if args.smoke else 2.0
-        plan_d = ((False, [16, 1], 40),) + (() if NO_COMPILE else ((True, [16], 150), (True, [1], 120)))
+        plan_d = ((False, [16, 1], 40),) + (() if NO_COMPILE else ((True, [16], 170), (True, [1], 170)))
         for compiled, batches, needs in plan_d:
             run = lambda c=compiled, b=batches: decode_rows(decoder_arms(args.smoke), res, b, c, dsec)  # noqa: E731
             rows = part(f"decode compiled={compiled} batch {batches}", needs, run)
@@ -438,9 +442,9 @@ def print_tables(result: dict) -> None:
         print(f"{r['preset']:<12}{r['variant']:<12}{r['resolution']:>5}{r['batch']:>6}{r['images_per_s']:>9}"
               f"{r['images_per_s_without_r1']:>9}{r['tflops']:>9}{r['fraction_of_measured_matmul']:>10}"
               f"{str(r['peak_memory_gib']):>9}{r['warmup_seconds']:>8}")  # fmt: skip
-    prof = result.get("profile_eps_lite_B_after")
-    if prof:
-        print(f"profile (eps-lite-B after, {prof['device_ms_per_step']} ms/step on device): {prof['families_percent']}")
+    for key in [k for k in result if k.startswith("profile_") and result[k]]:
+        prof = result[key]
+        print(f"{key} ({prof['device_ms_per_step']} ms/step on the device): {prof['families_percent']}")
     rows = result["decode"]
     if rows:
         print(f"{'decoder':<18}{'res':>5}{'batch':>6}{'compiled':>9}{'img/s':>10}{'vs SD-VAE':>10}")
