@@ -19,6 +19,7 @@ from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, 
 from .nn.autoencoder import Encoder, VAEDecoder
 from .nn.discriminator import Discriminator
 from .nn.unet import UNet
+from .rundir import RunIOError, atomic_write, describe, write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -143,9 +144,10 @@ class Autoencoder(nn.Module):
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         return {"encoder": count(self.encoder), "decoder": count(self.decoder), "discriminator": count(disc)}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` (no pickle) into `directory`."""
-        return write_pretrained(directory, self, to_dict(self.config))
+    def save_pretrained(self, directory: str | Path, **meta: Any) -> Path:
+        """Write `config.json` and `model.safetensors` (no pickle) into `directory`; `meta` (e.g. the
+        training step) goes into config.json as `_key`s."""
+        return write_pretrained(directory, self, to_dict(self.config), **meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"):
@@ -256,7 +258,8 @@ class EpsilonVAE(Autoencoder):
         fc = self.config.flow
         if isinstance(grid, torch.Tensor):
             ts = grid.float().cpu()
-            if ts.ndim != 1 or len(ts) < 2 or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
+            malformed = ts.ndim != 1 or len(ts) < 2 or not torch.isfinite(ts).all()  # NaN compares as False
+            if malformed or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
                 raise ValueError("a custom grid must be a 1-D decreasing tensor from exactly 1 down to exactly 0")
         else:
             ts = flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
@@ -314,24 +317,27 @@ def read_config(directory: str | Path) -> AutoencoderConfig:
     data = read_json_config(directory)
     if data.get("_class_name", "EpsilonVAE") not in ("EpsilonVAE", "BaselineVAE"):
         raise ConfigError(f"{directory} holds a {data['_class_name']}, not an autoencoder")
-    return from_dict(AutoencoderConfig, {k: v for k, v in data.items() if not k.startswith("_")})
+    return from_dict(AutoencoderConfig, {k: v for k, v in data.items() if not k.startswith("_")}, complete=True)
 
 
 def write_pretrained(directory: str | Path, module: nn.Module, config: dict[str, Any], **meta: Any) -> Path:
     """`config.json` (class name, version, `meta` as _keys, config) + `model.safetensors`, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from . import __version__
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunIOError(describe(exc, directory, "creating")) from None
     head = {"_class_name": type(module).__name__, "_epsvae_version": __version__}
     head.update({f"_{k}": v for k, v in meta.items()})
-    _atomic_write_text(directory / CONFIG_NAME, json.dumps({**head, **config}, indent=2) + "\n")
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    tmp = directory / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders metadata at random
-    tmp.replace(directory / WEIGHTS_NAME)
+    blob = save(state, metadata={"format": "pt"})  # one key: safetensors orders metadata at random
+    # weights first, config last: a directory whose config.json is new has its new weights too
+    atomic_write(directory / WEIGHTS_NAME, lambda f: f.write(blob))
+    write_text(directory / CONFIG_NAME, json.dumps({**head, **config}, indent=2) + "\n")
     return directory
 
 
@@ -391,7 +397,4 @@ def randn_like(like: torch.Tensor, generator: torch.Generator | None = None) -> 
     return noise.to(device=like.device, dtype=like.dtype)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+_atomic_write_text = write_text
