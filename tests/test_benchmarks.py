@@ -309,3 +309,16 @@ def test_faults_quick(fmnist, tmp_path):
     row = json.loads((out / "faults.json").read_text())["rows"][0]
     assert row["final_model_bitwise_equal"] and row["stats_rows_exactly_once"] and row["leftovers"] == []
     assert row["kills_during_checkpoint_writes"] >= 1
+
+
+@pytest.mark.slow
+def test_frozen_quick(fmnist, tmp_path):
+    out = tmp_path / "fr"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "frozen.py"), "--quick", "--out", str(out), "--seeds", "0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "frozen.json").read_text())["rows"]
+    assert [r["preset"] for r in rows] == ["vae-fmnist", "eps-fmnist"]
+    assert rows[1]["overrides"][0].startswith("train.frozen_encoder=") and "fd_indep" in rows[1]["eval"]["results"]["3"]

@@ -32,6 +32,11 @@ def add_parsers(sub, command) -> None:
         help="start a new run from an exported model's weights (fine-tune at another resolution, lr or data)",
     )
     p.add_argument(
+        "--frozen-encoder",
+        metavar="DIR",
+        help="train only a decoder for this encoder: an epsvae model or a diffusers AutoencoderKL directory",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -114,7 +119,9 @@ def _train(args: argparse.Namespace) -> int:
     from .train import prepare_run, train
 
     overrides = args.set + ([f"model.image_size={args.resolution}"] if args.resolution else [])
-    cfg = prepare_run(args.out, args.preset, overrides, args.data, args.steps, args.batch_size, args.init_from)
+    cfg = prepare_run(
+        args.out, args.preset, overrides, args.data, args.steps, args.batch_size, args.init_from, args.frozen_encoder
+    )
     summary = train(args.out, cfg, minutes=args.minutes, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line under torchrun
         print(json.dumps({k: summary[k] for k in ("step", "seconds", "world_size", "effective_batch_size")}))

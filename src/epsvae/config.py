@@ -177,6 +177,8 @@ class TrainConfig:
     eval_every: int = 0
     eval_images: int = 256
     init_from: str | None = None  # an exported model directory whose weights start the run (fine-tuning)
+    # an epsvae model or diffusers AutoencoderKL directory whose encoder is used frozen: only the decoder trains
+    frozen_encoder: str | None = None
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:

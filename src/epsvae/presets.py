@@ -53,6 +53,10 @@ for _size in ("B", "M", "H"):
         "encoder": _SD_ENCODER,
         "decoder": _decoder(_size),
     }
+# ε-decoders for Stable Diffusion's VAE latents (f8, 4 channels, Gaussian posterior): train with
+# `--frozen-encoder` pointing at a diffusers AutoencoderKL directory (e.g. sd-vae-ft-mse)
+for _size in ("B", "M"):
+    PRESETS[f"eps-decoder-sd-{_size}"] = {**PRESETS[f"eps-sd-{_size}"], "encoder": {**_SD_ENCODER, "gaussian": True}}
 
 # Fashion-MNIST (1 channel, 28x28 padded to 32x32), f4 with 2 latent channels: 8x8x2
 # latents, 8x compression. Same encoder for both; the ε-VAE decoder has ~2x the VAE

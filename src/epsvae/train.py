@@ -20,6 +20,7 @@ from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_va
 from .data import BatchStream, StepBatches, open_dataset
 from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, resumable, saved_config
 from .evaluate import HeldOutCheck
+from .frozen import apply_frozen_encoder, read_frozen_encoder
 from .images import save_grid
 from .models import (
     WEIGHTS_NAME,
@@ -46,6 +47,7 @@ def prepare_run(
     steps: int | None = None,
     batch_size: int | None = None,
     init_from: str | None = None,
+    frozen_encoder: str | None = None,
 ) -> RunConfig:
     """The run's config: loaded from `run_dir` when it exists (resume), else built from `preset`.
 
@@ -58,7 +60,10 @@ def prepare_run(
     if init_from is not None:
         read_config(init_from)  # a readable error now, not after the run directory exists
         init_from = str(Path(init_from).resolve())
-    given = {"train.data": data, "train.batch_size": batch_size, "train.init_from": init_from}
+    if frozen_encoder is not None:
+        frozen_encoder = str(Path(frozen_encoder).resolve())
+    given = {"train.data": data, "train.batch_size": batch_size, "train.init_from": init_from,
+             "train.frozen_encoder": frozen_encoder}  # fmt: skip
     requested = {k: v for k, v in given.items() if v is not None}
     for item in overrides or []:
         key, _, value = item.partition("=")
@@ -78,6 +83,8 @@ def prepare_run(
         if preset is None:
             raise ConfigError(f"{run_dir} holds no run to resume: give --preset to start one")
         cfg = apply_overrides(run_config(preset), requested) if requested else run_config(preset)
+        if cfg.train.frozen_encoder:  # its encoder config, channels and latent statistics
+            apply_frozen_encoder(cfg, cfg.train.frozen_encoder)
     if steps is not None:
         cfg.train.steps = steps
     if cfg.train.data is None:
@@ -105,7 +112,15 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     model = build_model(cfg.model)
     check_state_dict(model, state["ema"], source=f"{Path(run_dir) / CHECKPOINT} [ema]")
     model.load_state_dict(state["ema"])
-    return model.save_pretrained(out)
+    return model.save_pretrained(out, **export_meta(cfg, state["step"]))
+
+
+def export_meta(cfg: RunConfig, step: int) -> dict:
+    """What an exported model records about its run: the step, and where a frozen encoder came from."""
+    meta: dict = {"step": step}
+    if cfg.train.frozen_encoder:
+        meta["encoder_source"] = {"frozen": True, "path": cfg.train.frozen_encoder}
+    return meta
 
 
 # --------------------------------------------------------------------------- the loop
@@ -160,13 +175,20 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
     model.to(device, memory_format=memory_format)
     disc.to(device, memory_format=memory_format)
     adam = dict(betas=(tc.beta1, tc.beta2), eps=1e-8, fused=device.type == "cuda")
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, **adam)
+    if tc.frozen_encoder:  # only the decoder trains (the encoder's forward then records no graph)
+        model.encoder.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr, **adam)
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc.disc_lr, **adam)
-    if not eng.restore({"model": model, "disc": disc, "ema": ema, "opt": opt, "opt_d": opt_d}) and tc.init_from:
-        init_weights(model, tc.init_from)
+    if not eng.restore({"model": model, "disc": disc, "ema": ema, "opt": opt, "opt_d": opt_d}):
+        if tc.init_from:
+            init_weights(model, tc.init_from)
+            if main:
+                print(f"[train] weights initialised from {tc.init_from}")
+        if tc.frozen_encoder:
+            model.encoder.load_state_dict(read_frozen_encoder(tc.frozen_encoder).state)
+            if main:
+                print(f"[train] frozen encoder from {tc.frozen_encoder}; training the decoder only")
         ema.load_state_dict(model.state_dict())
-        if main:
-            print(f"[train] weights initialised from {tc.init_from}")
     ema.to(device)
     if tc.switch("compile", device):  # in place: state-dict keys and checkpoints stay as they are
         for module in (model.encoder, model.decoder, perceptual):  # not D: R1 needs a double backward
@@ -251,7 +273,7 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
     if eng.export_due(summary):
         ema_model = build_model(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
-        ema_model.save_pretrained(run_dir / "model", step=eng.step)
+        ema_model.save_pretrained(run_dir / "model", **export_meta(cfg, eng.step))
         print(f"[train] step {eng.step}: EMA weights exported to {run_dir / 'model'}")
     eng.close()
     return summary
