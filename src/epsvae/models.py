@@ -19,6 +19,7 @@ from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, 
 from .nn.autoencoder import Encoder, VAEDecoder
 from .nn.discriminator import Discriminator
 from .nn.unet import UNet
+from .tiling import NormState, TileConfig, tiled_unet
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -73,6 +74,14 @@ class Autoencoder(nn.Module):
     def downsample(self) -> int:
         return self.config.encoder.downsample
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     # ------------------------------------------------------------------ encoding
 
     def _check_images(self, x: torch.Tensor) -> None:
@@ -97,7 +106,7 @@ class Autoencoder(nn.Module):
     def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (N, C, H, W) -> (mean, logvar), each (N, Cz, H/f, W/f); logvar is None without a Gaussian posterior."""
         self._check_images(x)
-        h = self.encoder(x)
+        h = self.encoder(x.to(device=self.device, dtype=self.dtype))
         if not self.config.encoder.gaussian:
             return h, None
         mean, logvar = h.chunk(2, dim=1)
@@ -236,7 +245,6 @@ class EpsilonVAE(Autoencoder):
         x0_hat = flow.x0_estimate(x_t, t, v_pred, fc.gamma)
         return EpsilonOutput(z, t, x_t, v_pred, flow.velocity_target(x, noise, fc.gamma), x0_hat, kl)
 
-    @torch.no_grad()
     def decode(
         self,
         z: torch.Tensor,
@@ -245,32 +253,77 @@ class EpsilonVAE(Autoencoder):
         generator: torch.Generator | None = None,
         sampler: str = "euler",
         noise: torch.Tensor | None = None,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        tiling: TileConfig | None = None,
+        batch_size: int | None = None,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f), about [-1, 1], in `steps` network calls.
 
         `grid` is 'reversed-log' (default from the config), 'uniform', or a decreasing
         tensor of times from 1 down to 0. Decoding starts from Gaussian noise, so it
         is stochastic: pass a seeded `generator` (or `noise`) to make it reproducible.
+
+        Large images: `tile_size` (pixels, with `tile_overlap` of context, default the
+        exact receptive margin) or a full `tiling` evaluates each network call tile by
+        tile over one global noise canvas (see epsvae.tiling). Large batches:
+        `batch_size` decodes that many images at a time with the same noise as all at
+        once. `grad=True` keeps the autograd graph (guidance, editing). `z` is cast to
+        the model's dtype and device; low-precision models keep the sampler state in float32.
         """
         self._check_latents(z)
+        ts = self._grid(steps, grid)
+        if sampler not in flow.SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(flow.SAMPLERS)}")
+        f = self.downsample
+        shape = (z.shape[0], self.config.image_channels, z.shape[2] * f, z.shape[3] * f)
+        state_dtype = torch.promote_types(self.dtype, torch.float32)  # fp16/bf16 integrate in fp32
+        z = z.to(device=self.device, dtype=self.dtype)
+        if noise is None:
+            noise = randn_like(z.new_empty(shape, dtype=state_dtype), generator)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x = noise.to(device=z.device, dtype=state_dtype)
+        if tiling is None and tile_size is not None:
+            tiling = TileConfig(size=tile_size, overlap=tile_overlap)
+        step = batch_size or z.shape[0]
+        with torch.set_grad_enabled(grad):
+            out = [
+                self._sample(z[i : i + step], x[i : i + step], ts, sampler, tiling)
+                for i in range(0, z.shape[0], step)
+            ]
+        return (torch.cat(out) / self.config.flow.gamma).to(self.dtype)  # the state at t = 0 is γ x0
+
+    def _grid(self, steps: int | None, grid: str | torch.Tensor | None) -> torch.Tensor:
         fc = self.config.flow
         if isinstance(grid, torch.Tensor):
             ts = grid.float().cpu()
             if ts.ndim != 1 or len(ts) < 2 or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
                 raise ValueError("a custom grid must be a 1-D decreasing tensor from exactly 1 down to exactly 0")
-        else:
-            ts = flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
-        if sampler not in flow.SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(flow.SAMPLERS)}")
-        f = self.downsample
-        shape = (z.shape[0], self.config.image_channels, z.shape[2] * f, z.shape[3] * f)
-        if noise is None:
-            noise = randn_like(z.new_empty(shape), generator)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x = noise.to(device=z.device, dtype=z.dtype)
-        x = flow.SAMPLERS[sampler](lambda x_t, t: self.velocity(x_t, t, z), x, ts)
-        return x / fc.gamma  # the state at t = 0 is γ x0
+            return ts
+        return flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
+
+    def _sample(self, z, x, ts, sampler: str, tiling: TileConfig | None) -> torch.Tensor:
+        """Integrate one batch slice from noise x (N, C, H, W) at t = 1 to the state at t = 0."""
+        dtype, gamma = self.dtype, self.config.flow.gamma
+        norms = NormState()  # GroupNorm statistics carried from step to step (a warm start)
+
+        def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x_in = x_t * flow.input_scale(t, gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
+            if tiling is None:
+                v = self.decoder(x_in.to(dtype), t, z)
+            else:
+                v = tiled_unet(self.decoder, x_in.to(dtype), t, z, tiling, norms)
+            if dtype == torch.float16 and not torch.isfinite(v).all():
+                raise RuntimeError(
+                    "the decoder overflowed in float16 (non-finite velocity); decode in bfloat16 or float32 "
+                    "instead: model.to(torch.bfloat16)"
+                )
+            return v.to(x_t.dtype)
+
+        return flow.SAMPLERS[sampler](velocity, x, ts)
 
 
 class BaselineVAE(Autoencoder):
@@ -291,7 +344,7 @@ class BaselineVAE(Autoencoder):
     def decode(self, z: torch.Tensor, **_ignored: Any) -> torch.Tensor:
         """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f). Step/grid arguments are accepted and ignored."""
         self._check_latents(z)
-        return self.decoder(z)
+        return self.decoder(z.to(device=self.device, dtype=self.dtype))
 
 
 _CLASS_FOR_KIND: dict[str, type[Autoencoder]] = {"epsilon": EpsilonVAE, "vae": BaselineVAE}
