@@ -94,8 +94,8 @@ def measure(args: argparse.Namespace, arm: dict, image_path: Path) -> dict:
            "memory_kind": "cuda max allocated" if DEVICE == "cuda" else "process peak RSS"}  # fmt: skip
     if arm["tiled"]:
         s = split_level(model.decoder, size, size, args.max_global)
-        row.update({"split_level": s, "receptive_margin": receptive_margin(model.decoder, s),
-                    "windowed_attention_levels": windowed_levels(model.decoder, s), "norm_passes_run": passes[0]})  # fmt: skip
+        row["split_level"], row["receptive_margin"] = s, receptive_margin(model.decoder, s)
+        row["windowed_attention_levels"], row["norm_passes_run"] = windowed_levels(model.decoder, s), passes[0]
     return row
 
 
@@ -116,7 +116,9 @@ def plot(result: dict, path: Path) -> None:
     rows = [r for r in result["rows"] if r["batch"] == 1 and "error" not in r]
     for tiled in (False, True):
         for steps in sorted({r["steps"] for r in rows}):
-            pts = sorted((r["size"], r["peak_gib"], r["seconds"]) for r in rows if r["tiled"] == tiled and r["steps"] == steps)
+            pts = sorted(
+                (r["size"], r["peak_gib"], r["seconds"]) for r in rows if r["tiled"] == tiled and r["steps"] == steps
+            )
             if not pts:
                 continue
             label = f"{'tiled' if tiled else 'untiled'}, {steps} step{'s' if steps > 1 else ''}"

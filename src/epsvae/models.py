@@ -291,8 +291,7 @@ class EpsilonVAE(Autoencoder):
         step = batch_size or z.shape[0]
         with torch.set_grad_enabled(grad):
             out = [
-                self._sample(z[i : i + step], x[i : i + step], ts, sampler, tiling)
-                for i in range(0, z.shape[0], step)
+                self._sample(z[i : i + step], x[i : i + step], ts, sampler, tiling) for i in range(0, z.shape[0], step)
             ]
         return (torch.cat(out) / self.config.flow.gamma).to(self.dtype)  # the state at t = 0 is γ x0
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.layers import AttentionBlock, ResBlock
+from .nn.layers import ResBlock
 from .nn.unet import UNet, level_of
 
 Span = tuple[int, int, int, int]  # (crop start, crop stop, own start, own stop) along one axis, pixels
@@ -51,7 +51,7 @@ class TileConfig:
 
     size: int = 512  # side of the region each tile owns
     overlap: int | None = None  # context on each side; default: the receptive margin (exact)
-    max_global: int = 128 * 128  # largest map (H x W positions) run whole: sets the split level
+    max_global: int = 256 * 256  # largest map (H x W positions) run whole: sets the split level
     norm_passes: int | None = None  # cap on GroupNorm statistics passes; None: until they converge
     norm_tol: float = 1e-6  # converged when statistics move less than this many standard deviations
 
@@ -108,7 +108,9 @@ def receptive_margin(unet: UNet, split: int) -> int:
 
 def spans(length: int, size: int, overlap: int) -> list[Span]:
     """Cut [0, length) into owned runs of `size` (the last may be shorter), each with `overlap` context."""
-    return [(max(0, a - overlap), min(length, a + size + overlap), a, min(length, a + size)) for a in range(0, length, size)]
+    return [
+        (max(0, a - overlap), min(length, a + size + overlap), a, min(length, a + size)) for a in range(0, length, size)
+    ]
 
 
 def ramp(span: Span, length: int, blend: int) -> torch.Tensor:
@@ -167,7 +169,9 @@ def converged(old: dict, new: dict, tol: float) -> bool:
         return False
     for module, (mean, var) in new.items():
         std = (var + module.eps).sqrt()
-        if ((old[module][0] - mean).abs() > tol * std).any() or ((old[module][1] - var).abs() > 2 * tol * var + tol * module.eps).any():
+        if ((old[module][0] - mean).abs() > tol * std).any() or (
+            (old[module][1] - var).abs() > 2 * tol * var + tol * module.eps
+        ).any():
             return False
     return True
 
@@ -227,7 +231,9 @@ def tiled_unet(
     if cfg.size % unit or overlap % unit:
         raise ValueError(f"tile_size and tile_overlap must be multiples of {unit} here, got {cfg.size} and {overlap}")
     if overlap < margin:
-        raise ValueError(f"tile_overlap {overlap} is below the U-Net's receptive margin {margin} px at split level {split}")
+        raise ValueError(
+            f"tile_overlap {overlap} is below the U-Net's receptive margin {margin} px at split level {split}"
+        )
     if cfg.size >= height and cfg.size >= width:
         return unet(x_t, t, z)  # one tile: nothing to cut
     rows, cols = spans(height, cfg.size, overlap), spans(width, cfg.size, overlap)
@@ -253,7 +259,7 @@ def _one_pass(unet: UNet, x_t, t, z, tiles, split: int, state: NormState) -> tor
     f = x_t.shape[-2] // z.shape[-2]  # pixels per latent
     s = 2**split
     low = None
-    for (r, c, _) in tiles:  # phase A
+    for r, c, _ in tiles:  # phase A
         h, emb = _tile_stem(unet, x_t, t, z, r, c, f, state)
         state.collect = True
         h = unet.run_enc(h, emb, [], phase_a(unet, split))
@@ -267,7 +273,7 @@ def _one_pass(unet: UNet, x_t, t, z, tiles, split: int, state: NormState) -> tor
     h = unet.run_enc(low, emb, skips, phase_b_enc(unet, split))
     glob = unet.run_dec(unet.run_mid(h, emb), emb, skips, phase_b_dec(unet, split))
     out = x_t.new_zeros(x_t.shape)
-    for (r, c, w) in tiles:  # phase C
+    for r, c, w in tiles:  # phase C
         h, emb = _tile_stem(unet, x_t, t, z, r, c, f, state)
         state.collect = False  # the encoder's statistics were gathered in phase A
         skips = []

@@ -43,7 +43,7 @@ def pooled_scaling(mean: list[float] | None, std: list[float] | None) -> tuple[f
     if mean is None or std is None:
         return 1.0, 0.0
     shift = sum(mean) / len(mean)
-    var = sum(s**2 + (m - shift) ** 2 for m, s in zip(mean, std)) / len(mean)
+    var = sum(s**2 + (m - shift) ** 2 for m, s in zip(mean, std, strict=True)) / len(mean)
     return 1.0 / math.sqrt(var), shift
 
 
@@ -107,7 +107,8 @@ class AutoencoderEps(ModelMixin, ConfigMixin):
             model = load_pretrained(model)
         out = cls(**to_dict(model.config))
         out.model.load_state_dict(model.state_dict())
-        return out.to(device=model.device, dtype=model.dtype).eval()
+        out.model.to(device=model.device, dtype=model.dtype)  # the inner module: ModelMixin.to warns on dtypes
+        return out.eval()
 
     def to_epsvae(self) -> Autoencoder:
         """The plain epsvae model inside (shares the weights); `.save_pretrained(dir)` writes epsvae's format."""
