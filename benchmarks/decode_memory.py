@@ -63,13 +63,13 @@ def measure(args: argparse.Namespace, arm: dict, image_path: Path) -> dict:
     import epsvae.tiling as tiling_module
 
     passes = [0]
-    one_pass = tiling_module._one_pass
+    measured = tiling_module.NormState.measured
 
-    def counted(*a):  # count GroupNorm statistics passes over all network calls
+    def counted(self):  # one call per pass over the tiles (phases A and C), over all network calls
         passes[0] += 1
-        return one_pass(*a)
+        return measured(self)
 
-    tiling_module._one_pass = counted
+    tiling_module.NormState.measured = counted
     model = build(args)
     model.encoder = torch.nn.Identity()  # decoding only
     f = model.downsample

@@ -20,10 +20,11 @@ that overlap, a tile's own region is computed from exactly the inputs the untile
 Two things are not local:
   * GroupNorm normalises with statistics over the whole image. Tiles are normalised with
     global statistics gathered from every tile's own region (sums in float64). The
-    statistics of one norm depend on the earlier norms, so the call is repeated with the
-    statistics measured in the previous pass until they stop changing (`norm_passes`; at
-    most one pass per norm plus one, usually far fewer). At that fixed point every norm
-    uses the untiled statistics.
+    statistics of one norm depend on the earlier norms, so a phase is repeated with the
+    statistics measured in its previous pass until they stop changing: phase A until the
+    encoder's statistics settle, then phase B once, then phase C until the decoder's settle
+    (`norm_passes` caps each; at most one pass per norm of the phase plus one, usually far
+    fewer). At that fixed point every norm uses the untiled statistics.
   * Attention at a tiled level sees only its tile's crop (windowed attention): an
     approximation, which the seam blending softens. Levels >= S hold global attention.
 So without attention at levels < S, tiled equals untiled up to float rounding.
@@ -150,6 +151,7 @@ class NormState:
     def __init__(self) -> None:
         self.stats: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}  # (N, G) mean, var (float64)
         self.sums: dict[nn.GroupNorm, list] = {}
+        self.pending: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}  # measured, for the next call
         self.collect = False
         self.crop: tuple[int, int, int, int] | None = None  # y0, y1, x0, x1 of the current tile's crop
         self.own: tuple[int, int, int, int] | None = None
@@ -242,53 +244,81 @@ def tiled_unet(
     state = state if state is not None else NormState()
     n_norms = sum(isinstance(m, nn.GroupNorm) for m in unet.modules())
     passes = cfg.norm_passes or n_norms + 1
+    cut = _Cut(unet, x_t, t, z, tiles, split, state)
     with patched_norms(unet, state):
-        for _ in range(passes):
-            state.sums = {}
-            v = _one_pass(unet, x_t, t, z, tiles, split, state)
-            state.passes += 1
-            new = state.measured()
-            done = converged(state.stats, new, cfg.norm_tol)
-            state.stats = new
-            if done:
-                break
-    return v
-
-
-def _one_pass(unet: UNet, x_t, t, z, tiles, split: int, state: NormState) -> torch.Tensor:
-    f = x_t.shape[-2] // z.shape[-2]  # pixels per latent
-    s = 2**split
-    low = None
-    for r, c, _ in tiles:  # phase A
-        h, emb = _tile_stem(unet, x_t, t, z, r, c, f, state)
-        state.collect = True
-        h = unet.run_enc(h, emb, [], phase_a(unet, split))
-        if low is None:
-            low = h.new_zeros(h.shape[0], h.shape[1], x_t.shape[-2] // s, x_t.shape[-1] // s)
-        low[..., r[2] // s : r[3] // s, c[2] // s : c[3] // s] = h[..., (r[2] - r[0]) // s : (r[3] - r[0]) // s,
-                                                                   (c[2] - c[0]) // s : (c[3] - c[0]) // s]  # fmt: skip
-    state.collect = False  # phase B: whole maps, plain GroupNorm
-    emb = unet.embed(t, x_t.dtype)
-    skips = [low]
-    h = unet.run_enc(low, emb, skips, phase_b_enc(unet, split))
-    glob = unet.run_dec(unet.run_mid(h, emb), emb, skips, phase_b_dec(unet, split))
-    out = x_t.new_zeros(x_t.shape)
-    for r, c, w in tiles:  # phase C
-        h, emb = _tile_stem(unet, x_t, t, z, r, c, f, state)
-        state.collect = False  # the encoder's statistics were gathered in phase A
-        skips = []
-        unet.run_enc(h, emb, skips, phase_a(unet, split)[:-1])
-        state.collect = True
-        h = unet.run_dec(glob[..., r[0] // s : r[1] // s, c[0] // s : c[1] // s], emb, skips, phase_c_dec(unet, split))
-        out[..., r[0] : r[1], c[0] : c[1]] += w.to(out.dtype) * unet.head(h)
-    state.collect = False
+        # the encoder's statistics depend on nothing after phase A: settle them first, then
+        # run phase B once and settle the decoder's statistics (phase C) on top of them
+        low = _until_converged(cut.phase_a, state, passes, cfg.norm_tol)
+        glob = cut.phase_b(low)
+        out = _until_converged(lambda: cut.phase_c(glob), state, passes, cfg.norm_tol)
+    state.stats.update(state.pending)
+    state.pending = {}
     return out
 
 
-def _tile_stem(unet: UNet, x_t, t, z, r: Span, c: Span, f: int, state: NormState):
-    state.crop, state.own = (r[0], r[1], c[0], c[1]), (r[2], r[3], c[2], c[3])
-    state.collect = True
-    return unet.stem(x_t[..., r[0] : r[1], c[0] : c[1]], t, z[..., r[0] // f : r[1] // f, c[0] // f : c[1] // f])
+def _until_converged(run, state: NormState, passes: int, tol: float) -> torch.Tensor:
+    """Repeat `run` (one pass over the tiles) with the statistics the previous pass measured,
+    until the statistics it gathers are the ones it used, or `passes` runs."""
+    for i in range(passes):
+        state.sums = {}
+        out = run()
+        state.passes += 1
+        new = state.measured()
+        done = new.keys() <= state.stats.keys() and converged({m: state.stats[m] for m in new}, new, tol)
+        if done or i == passes - 1:  # later phases must use the statistics `out` was made with
+            state.pending.update(new)  # a warm start for the next call
+            return out
+        state.stats.update(new)
+
+
+class _Cut:
+    """The three phases of one tiled U-Net call (see the module docstring)."""
+
+    def __init__(self, unet: UNet, x_t, t, z, tiles, split: int, state: NormState):
+        self.unet, self.x_t, self.t, self.z, self.tiles, self.state = unet, x_t, t, z, tiles, state
+        self.split, self.s, self.f = split, 2**split, x_t.shape[-2] // z.shape[-2]  # f: pixels per latent
+
+    def phase_a(self) -> torch.Tensor:
+        """Per tile: encoder levels < S and the step down to S -> the global level-S map (N, C, H/2^S, W/2^S)."""
+        unet, s, low = self.unet, self.s, None
+        for r, c, _ in self.tiles:
+            h, emb = self._stem(r, c)
+            self.state.collect = True
+            h = unet.run_enc(h, emb, [], phase_a(unet, self.split))
+            if low is None:
+                low = h.new_zeros(h.shape[0], h.shape[1], self.x_t.shape[-2] // s, self.x_t.shape[-1] // s)
+            own = h[..., (r[2] - r[0]) // s : (r[3] - r[0]) // s, (c[2] - c[0]) // s : (c[3] - c[0]) // s]
+            low[..., r[2] // s : r[3] // s, c[2] // s : c[3] // s] = own
+        self.state.collect = False
+        return low
+
+    def phase_b(self, low: torch.Tensor) -> torch.Tensor:
+        """Whole map: the rest of the encoder, the middle, the decoder levels >= S (plain GroupNorm)."""
+        unet, emb, skips = self.unet, self.unet.embed(self.t, self.x_t.dtype), [low]
+        self.state.collect = False
+        h = unet.run_enc(low, emb, skips, phase_b_enc(unet, self.split))
+        return unet.run_dec(unet.run_mid(h, emb), emb, skips, phase_b_dec(unet, self.split))
+
+    def phase_c(self, glob: torch.Tensor) -> torch.Tensor:
+        """Per tile: recompute the encoder's skips, decode from the crop of `glob`, blend into the output."""
+        unet, s, out = self.unet, self.s, self.x_t.new_zeros(self.x_t.shape)
+        for r, c, w in self.tiles:
+            h, emb = self._stem(r, c)
+            self.state.collect = False  # the encoder's statistics were settled in phase A
+            skips = []
+            unet.run_enc(h, emb, skips, phase_a(unet, self.split)[:-1])
+            self.state.collect = True
+            h = unet.run_dec(glob[..., r[0] // s : r[1] // s, c[0] // s : c[1] // s], emb, skips,
+                             phase_c_dec(unet, self.split))  # fmt: skip
+            out[..., r[0] : r[1], c[0] : c[1]] += w.to(out.dtype) * unet.head(h)
+        self.state.collect = False
+        return out
+
+    def _stem(self, r: Span, c: Span):
+        f = self.f
+        self.state.crop, self.state.own = (r[0], r[1], c[0], c[1]), (r[2], r[3], c[2], c[3])
+        x, z = self.x_t[..., r[0] : r[1], c[0] : c[1]], self.z[..., r[0] // f : r[1] // f, c[0] // f : c[1] // f]
+        return self.unet.stem(x, self.t, z)
 
 
 def _round_up(n: int, unit: int) -> int:
