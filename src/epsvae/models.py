@@ -14,12 +14,12 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from . import flow
+from . import decoding, flow
 from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, to_dict
 from .nn.autoencoder import Encoder, VAEDecoder
 from .nn.discriminator import Discriminator
 from .nn.unet import UNet
-from .tiling import NormState, TileConfig, tiled_unet
+from .tiling import TileConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -274,55 +274,10 @@ class EpsilonVAE(Autoencoder):
         the model's dtype and device; low-precision models keep the sampler state in float32.
         """
         self._check_latents(z)
-        ts = self._grid(steps, grid)
-        if sampler not in flow.SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(flow.SAMPLERS)}")
-        f = self.downsample
-        shape = (z.shape[0], self.config.image_channels, z.shape[2] * f, z.shape[3] * f)
-        state_dtype = torch.promote_types(self.dtype, torch.float32)  # fp16/bf16 integrate in fp32
-        z = z.to(device=self.device, dtype=self.dtype)
-        if noise is None:
-            noise = randn_like(z.new_empty(shape, dtype=state_dtype), generator)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x = noise.to(device=z.device, dtype=state_dtype)
+        ts = decoding.resolve_grid(self.config.flow, steps, grid)
         if tiling is None and tile_size is not None:
             tiling = TileConfig(size=tile_size, overlap=tile_overlap)
-        step = batch_size or z.shape[0]
-        with torch.set_grad_enabled(grad):
-            out = [
-                self._sample(z[i : i + step], x[i : i + step], ts, sampler, tiling) for i in range(0, z.shape[0], step)
-            ]
-        return (torch.cat(out) / self.config.flow.gamma).to(self.dtype)  # the state at t = 0 is γ x0
-
-    def _grid(self, steps: int | None, grid: str | torch.Tensor | None) -> torch.Tensor:
-        fc = self.config.flow
-        if isinstance(grid, torch.Tensor):
-            ts = grid.float().cpu()
-            if ts.ndim != 1 or len(ts) < 2 or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
-                raise ValueError("a custom grid must be a 1-D decreasing tensor from exactly 1 down to exactly 0")
-            return ts
-        return flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
-
-    def _sample(self, z, x, ts, sampler: str, tiling: TileConfig | None) -> torch.Tensor:
-        """Integrate one batch slice from noise x (N, C, H, W) at t = 1 to the state at t = 0."""
-        dtype, gamma = self.dtype, self.config.flow.gamma
-        norms = NormState()  # GroupNorm statistics carried from step to step (a warm start)
-
-        def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            x_in = x_t * flow.input_scale(t, gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
-            if tiling is None:
-                v = self.decoder(x_in.to(dtype), t, z)
-            else:
-                v = tiled_unet(self.decoder, x_in.to(dtype), t, z, tiling, norms)
-            if dtype == torch.float16 and not torch.isfinite(v).all():
-                raise RuntimeError(
-                    "the decoder overflowed in float16 (non-finite velocity); decode in bfloat16 or float32 "
-                    "instead: model.to(torch.bfloat16)"
-                )
-            return v.to(x_t.dtype)
-
-        return flow.SAMPLERS[sampler](velocity, x, ts)
+        return decoding.decode(self, z, ts, generator, sampler, noise, tiling, batch_size, grad)
 
 
 class BaselineVAE(Autoencoder):
