@@ -1,7 +1,7 @@
 """Decoding memory and time against image size: untiled, tiled, and batch slicing.
 
     python benchmarks/decode_memory.py [--model DIR | --preset eps-sd-B] [--sizes 256,512,1024,2048]
-                                       [--steps 1,3] [--tile-size 512] [--tile-overlap PX] [--max-global N]
+                                       [--steps 1,3] [--tile-size 256] [--tile-overlap PX] [--max-global N]
                                        [--norm-passes N] [--max-untiled 1024] [--slice-batch 16]
                                        [--slice-size 256] [--out results/decode_memory] [--quick]
 
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--preset", default="eps-sd-B")
     ap.add_argument("--sizes", default="256,512,1024,2048")
     ap.add_argument("--steps", default="1,3")
-    ap.add_argument("--tile-size", type=int, default=512)
+    ap.add_argument("--tile-size", type=int, default=256, help="tile side (px); small tiles bound CPU memory")
     ap.add_argument("--tile-overlap", type=int, default=None, help="default: the receptive margin (exact)")
     ap.add_argument("--max-global", type=int, default=TileConfig.max_global, help="positions of the map run whole")
     ap.add_argument("--norm-passes", type=int, default=None, help="cap on GroupNorm passes (default: converge)")
