@@ -298,6 +298,20 @@ def test_data_speed_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_faults_quick(fmnist, tmp_path):
+    """kill -9 twice (once at a random moment, once during a checkpoint write), then the bitwise comparison."""
+    out = tmp_path / "f"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((out / "faults.json").read_text())["rows"][0]
+    assert row["final_model_bitwise_equal"] and row["stats_rows_exactly_once"] and row["leftovers"] == []
+    assert row["kills_during_checkpoint_writes"] >= 1
+
+
+@pytest.mark.slow
 def test_decode_memory_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", "--out", str(tmp_path)],

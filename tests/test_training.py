@@ -285,6 +285,12 @@ def test_checkpoint_from_another_config_or_damaged_fails_clearly(fmnist, tmp_pat
     cfg_path.write_text(json.dumps(cfg))
     capsys.readouterr()
     assert main(["train", "--out", str(tmp_path / "r"), "--steps", "2", "--no-progress"]) == 2
+    assert "(model.decoder.channels: 4 in the checkpoint, 8 now)" in capsys.readouterr().err
+    # a checkpoint from before checkpoints carried their config: the weights' shapes tell
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    del state["config"]
+    torch.save(state, tmp_path / "r" / "checkpoint.pt")
+    assert main(["train", "--out", str(tmp_path / "r"), "--steps", "2", "--no-progress"]) == 2
     assert "does not match this model's config" in capsys.readouterr().err
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"truncated")
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "m")]) == 2

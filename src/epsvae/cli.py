@@ -10,7 +10,9 @@ from collections.abc import Callable
 import torch
 
 from .config import ConfigError, apply_overrides
+from .engine import RunInterrupted
 from .presets import model_config, preset_names
+from .rundir import describe
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Handler] = {}
@@ -127,11 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
+    except RunInterrupted as exc:  # SIGINT/SIGTERM in training: checkpoint written
+        print(f"epsvae {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not getattr(exc, "epsvae_user_error", False):
             raise
+        if isinstance(exc, FileNotFoundError) and exc.errno is not None:  # raised by the OS, not by us
+            exc = describe(exc, exc.filename, "opening")
         print(f"epsvae {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permission denied, read-only file system, disk full, ...: one line
+        print(f"epsvae {args.command}: error: {describe(exc, exc.filename or '?', 'at')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli_args import device, finite_float, positive_float, positive_int
+
 _DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -19,12 +21,12 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--data", required=True, help="dataset spec: fashion-mnist, folder:PATH, skimage-photos")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="latent set directory (latents.npy, labels.npy, meta.json)")
-    p.add_argument("--limit", type=int, help="first N images")
+    p.add_argument("--limit", type=positive_int, help="first N images")
     flip = p.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="add flipped copies")
     flip.add_argument("--no-flip", dest="flip", action="store_false", help="no flipped copies")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=_DEVICE)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", type=device, default=_DEVICE)
     p.add_argument(
         "--no-record",
         action="store_true",
@@ -38,9 +40,9 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--latents", help="latent set from encode-dataset (needed to start a run)")
     p.add_argument("--out", required=True, help="run directory; an existing one is resumed")
     p.add_argument("--preset", help="dit-S, dit-B, dit-L, dit-XL or dit-fmnist (default dit-S)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpointed; resumable)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--minutes", type=positive_float, help="stop after this many minutes (checkpointed; resumable)")
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. model.patch_size=1")
     p.add_argument("--no-progress", action="store_true")
     command("train-dit")(_train_dit)
@@ -48,14 +50,14 @@ def add_parsers(sub, command) -> None:
     p = sub.add_parser("sample", help="generate images: DiT latents decoded by the autoencoder")
     p.add_argument("--dit", required=True, help="train-dit run directory or exported generator directory")
     p.add_argument("--ae", help="autoencoder directory (default: the one the generator was trained on)")
-    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--n", type=positive_int, default=10_000)
     p.add_argument("--labels", default="all", help="'all' (balanced over classes) or one class index")
-    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--steps", type=int, default=50, help="generator flow steps")
-    p.add_argument("--decode-steps", type=int, help="ε-VAE decoding steps (default: the autoencoder's)")
+    p.add_argument("--cfg", type=finite_float, default=1.5, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--steps", type=positive_int, default=50, help="generator flow steps")
+    p.add_argument("--decode-steps", type=positive_int, help="ε-VAE decoding steps (default: the autoencoder's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--device", default=_DEVICE)
+    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--device", type=device, default=_DEVICE)
     p.add_argument("--out", required=True, help="output .npz with uint8 'samples' (N, C, H, W) and 'labels'")
     p.add_argument("--png", help="grid PNG, one row per class (default: OUT with .png)")
     p.add_argument("--no-progress", action="store_true")
@@ -65,14 +67,14 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--samples", required=True, help=".npz written by `epsvae sample`")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, help="real images to use (default: the whole split)")
+    p.add_argument("--limit", type=positive_int, help="real images to use (default: the whole split)")
     p.add_argument(
         "--fid-features",
         default="indep",
         help="indep[:PATH] (the independent network, fd_indep; default), inception[:PATH] (standard FID) or "
         "features:PATH|auto (the perceptual loss's network, fd_domain)",
     )
-    p.add_argument("--device", default=_DEVICE)
+    p.add_argument("--device", type=device, default=_DEVICE)
     p.add_argument("--out", help="JSON report")
     command("eval-gen")(_eval_gen)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli_args import device, int_list, positive_float, positive_int
 from .features import OBJECTIVES
 from .flow import GRIDS
 
@@ -21,10 +22,10 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--preset", help="preset name (needed to start a run; optional to resume one)")
     p.add_argument("--data", help="dataset spec: fashion-mnist, folder:PATH, skimage-photos")
     p.add_argument("--out", required=True, help="run directory; an existing one is resumed")
-    p.add_argument("--steps", type=int, help="total steps (default: the preset's full budget)")
-    p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpointed; resumable)")
-    p.add_argument("--batch-size", type=int, help="batch size per process")
-    p.add_argument("--resolution", type=int, help="training image size (sets model.image_size)")
+    p.add_argument("--steps", type=positive_int, help="total steps (default: the preset's full budget)")
+    p.add_argument("--minutes", type=positive_float, help="stop after this many minutes (checkpointed; resumable)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size per process")
+    p.add_argument("--resolution", type=positive_int, help="training image size (sets model.image_size)")
     p.add_argument(
         "--init-from",
         metavar="MODEL_DIR",
@@ -42,8 +43,8 @@ def add_parsers(sub, command) -> None:
 
     p = sub.add_parser("quickstart", help="the embedded default: train eps-fmnist on the CPU, then report")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10)")
-    p.add_argument("--steps", type=int, help="train to this many steps instead of a time budget")
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="training time budget (default 10)")
+    p.add_argument("--steps", type=positive_int, help="train to this many steps instead of a time budget")
     p.add_argument("--preset", default="eps-fmnist")
     command("quickstart")(_quickstart)
 
@@ -58,13 +59,13 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--model", required=True, help="exported model directory")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="first N images")
-    p.add_argument("--steps", type=int, default=None, help="decoding steps (ε-VAE; default from the config)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images")
+    p.add_argument("--steps", type=positive_int, default=None, help="decoding steps (ε-VAE; default from the config)")
     p.add_argument("--grid", choices=GRIDS, default=None, help="ε-VAE time grid (default from the config)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--resolution", type=int, help="image size to reconstruct at (default: the model's)")
-    p.add_argument("--device", default=_DEVICE)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--resolution", type=positive_int, help="image size to reconstruct at (default: the model's)")
+    p.add_argument("--device", type=device, default=_DEVICE)
     p.add_argument("--out", required=True, help="output .npz with 'original' and 'reconstruction'")
     p.add_argument("--png", help="also save a grid of the first 16 pairs")
     command("reconstruct")(_reconstruct)
@@ -73,9 +74,11 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--model", required=True, help="exported model directory (ε-VAE or VAE)")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--steps", default="1,3", help="comma-separated decoding step counts (ignored for a VAE)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated decoding seeds")
+    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument(
+        "--steps", type=int_list(1), default=[1, 3], help="comma-separated decoding step counts (ignored for a VAE)"
+    )
+    p.add_argument("--seeds", type=int_list(0), default=[0, 1, 2], help="comma-separated decoding seeds")
     p.add_argument("--grid", choices=GRIDS, default=None, help="ε-VAE time grid (default from the config)")
     p.add_argument("--metrics", default="psnr,ssim,fid", help="from psnr,ssim,lpips,fid")
     p.add_argument(
@@ -85,8 +88,10 @@ def add_parsers(sub, command) -> None:
         "(standard rFID) or features:PATH|auto (the perceptual loss's network, fd_domain)",
     )
     p.add_argument("--lpips", default="lpips-vgg", help="perceptual backbone for the lpips metric")
-    p.add_argument("--resolution", type=int, help="evaluate at this image size (default: the model's; zero-shot)")
-    p.add_argument("--device", default=_DEVICE)
+    p.add_argument(
+        "--resolution", type=positive_int, help="evaluate at this image size (default: the model's; zero-shot)"
+    )
+    p.add_argument("--device", type=device, default=_DEVICE)
     p.add_argument("--out", required=True, help="JSON report")
     command("eval")(_eval)
 
@@ -101,9 +106,9 @@ def add_parsers(sub, command) -> None:
         choices=("auto", *OBJECTIVES),
         help="auto: classes for labelled data, else rotation (the perceptual network's choice)",
     )
-    q.add_argument("--resolution", type=int, help="image folders: image size (default 64)")
+    q.add_argument("--resolution", type=positive_int, help="image folders: image size (default 64)")
     q.add_argument("--channels", type=int, choices=(1, 3), help="image folders: default the images' own")
-    q.add_argument("--epochs", type=float, default=2.0)
+    q.add_argument("--epochs", type=positive_float, default=2.0)
     command("features")(_features)
 
 
@@ -187,14 +192,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
-    ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
     report = evaluate(
         args.model,
         args.data,
         args.split,
         args.limit,
-        ints(args.steps),
-        ints(args.seeds),
+        args.steps,
+        args.seeds,
         [m.strip() for m in args.metrics.split(",")],
         args.fid_features,
         args.lpips,

@@ -180,6 +180,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
+            raise ConfigError(f"train.mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
         for name in ("compile", "channels_last"):
             if getattr(self, name) not in SWITCH:
                 raise ConfigError(f"train.{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
@@ -277,7 +279,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _coerce(tp: Any, value: Any, where: str, complete: bool = False) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -285,7 +287,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, where, complete)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
@@ -318,10 +320,19 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from `data`, recursively; unknown keys are errors."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "", complete: bool = False) -> T:
+    """Build dataclass `cls` from `data`, recursively; unknown keys, wrong types and out-of-range
+    values are errors. `complete` (a saved config: a run's or a model's config.json): a missing
+    section (a field that is itself a config) is an error too, never silently the defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of config keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    sections = [n for n in names if dataclasses.is_dataclass(hints[n])]
+    missing = sorted(n for n in sections if n not in data)
+    if missing and complete:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"config section(s) {', '.join(prefix + k for k in missing)} missing")
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
@@ -329,8 +340,50 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid keys{' in ' + where if where else ''}: {', '.join(sorted(names))}"
         )
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k, complete) for k, v in data.items()}
+    _check_ranges(cls.__name__, kwargs, where)
     return cls(**kwargs)
+
+
+# Allowed values of numeric fields, per config class: '[a,b]' closed, '(a,b)' open, 'inf' unbounded.
+# Checked on every build (presets, --set, a run's or a model's config.json).
+_RANGES: dict[str, dict[str, str]] = {
+    "EncoderConfig": {"channels": "[1,inf)", "num_res_blocks": "[0,inf)", "extra_blocks": "[0,inf)",
+                      "out_kernel": "[1,inf)", "latent_channels": "[1,inf)"},
+    "DecoderConfig": {"channels": "[1,inf)", "num_res_blocks": "[0,inf)", "head_channels": "[1,inf)",
+                      "dropout": "[0,1)"},
+    "DiscriminatorConfig": {"channels": "[1,inf)"},
+    "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)"},
+    "AutoencoderConfig": {"image_channels": "[1,4]", "image_size": "[1,inf)"},
+    "LossConfig": {"velocity_weight": "[0,inf)", "perceptual_weight": "[0,inf)", "adv_weight": "[0,inf)",
+                   "disc_start": "[0,inf)", "r1_weight": "[0,inf)", "r1_every": "[1,inf)", "x0_l1_weight": "[0,inf)",
+                   "recon_weight": "[0,inf)", "kl_weight": "[0,inf)"},
+    "TrainConfig": {"resolution": "[1,inf)", "steps": "[1,inf)", "batch_size": "[1,inf)", "lr": "(0,inf)",
+                    "disc_lr": "(0,inf)", "warmup": "[0,inf)", "beta1": "[0,1)", "beta2": "[0,1)",
+                    "grad_clip": "[0,inf)", "ema": "(0,1)", "num_workers": "[0,inf)", "log_every": "[1,inf)",
+                    "ckpt_every": "[1,inf)", "sample_every": "[1,inf)", "eval_every": "[0,inf)",
+                    "eval_images": "[1,inf)"},
+    "DiTConfig": {"hidden": "[1,inf)", "depth": "[1,inf)", "heads": "[1,inf)", "patch_size": "[1,inf)",
+                  "mlp_ratio": "(0,inf)", "num_classes": "[0,inf)", "latent_channels": "[1,inf)",
+                  "latent_size": "[1,inf)"},
+    "GeneratorTrainConfig": {"steps": "[1,inf)", "batch_size": "[1,inf)", "lr": "(0,inf)", "warmup": "[0,inf)",
+                             "beta1": "[0,1)", "beta2": "[0,1)", "weight_decay": "[0,inf)", "grad_clip": "[0,inf)",
+                             "ema": "(0,1)", "t_std": "(0,inf)", "log_every": "[1,inf)", "ckpt_every": "[1,inf)",
+                             "sample_every": "[1,inf)", "sample_steps": "[1,inf)", "sample_cfg": "[0,inf)"},
+}  # fmt: skip
+
+
+def _check_ranges(name: str, values: dict[str, Any], where: str) -> None:
+    for key, spec in _RANGES.get(name, {}).items():
+        v = values.get(key)
+        if v is None or isinstance(v, bool):
+            continue
+        lo, hi = (float(b) for b in spec[1:-1].split(","))
+        ok = (v >= lo if spec[0] == "[" else v > lo) and (v <= hi if spec[-1] == "]" else v < hi)
+        if not ok:
+            low = f"{'at least' if spec[0] == '[' else 'above'} {lo:g}"
+            want = low if hi == math.inf else f"in {spec[0]}{lo:g}, {hi:g}{spec[-1]}"
+            raise ConfigError(f"{where + '.' if where else ''}{key} must be {want}, got {v}")
 
 
 def parse_value(text: str) -> Any:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ from typing import Any
 import torch
 
 from .meter import Meter, budget_desc, peak_memory_mb
+from .rundir import (
+    RunIOError,
+    RunLock,
+    append_text,
+    atomic_write,
+    check_run_dir,
+    clean_leftovers,
+    describe,
+    truncate_rows,
+    write_json,
+)
 
 CHECKPOINT = "checkpoint.pt"
 SKIPPED = "skipped_images.txt"
@@ -39,25 +51,25 @@ class TrainingDiverged(RuntimeError):
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, whole or not at all (fsynced temporary file renamed over `path`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(run_dir: str | Path) -> dict:
+def load_checkpoint(run_dir: str | Path, mmap: bool = False) -> dict:
+    """A run's checkpoint (CPU tensors; `mmap`: tensors read lazily, for looking at step and config)."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated or foreign files raise assorted pickle/zip errors
         raise ValueError(f"{path} is not a readable epsvae training checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{path} is not an epsvae training checkpoint (no step counter)")
+    return state
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+write_json_atomic = write_json
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -73,7 +85,22 @@ def read_json(path: Path, what: str) -> Any:
 def resumable(run_dir: str | Path) -> bool:
     """A run directory holds a run to resume once it has a checkpoint; a config.json alone
     (a start that failed before its first checkpoint) does not bind the next start."""
-    return (Path(run_dir) / "config.json").is_file() and (Path(run_dir) / CHECKPOINT).is_file()
+    return (Path(run_dir) / CHECKPOINT).is_file()
+
+
+def saved_config(run_dir: str | Path, what: str) -> Any:
+    """A resumable run's config.json; if it was deleted, the checkpoint's own copy (with a note),
+    so a run is never resumed under a recipe it was not trained with."""
+    path = Path(run_dir) / "config.json"
+    if path.is_file():
+        return read_json(path, what)
+    state = load_checkpoint(run_dir)
+    if "config" not in state:
+        from .config import ConfigError
+
+        raise ConfigError(f"{path} is missing and {run_dir}/{CHECKPOINT} is too old to carry its config")
+    print(f"[train] {path} is missing: using the config stored in the checkpoint")
+    return json.loads(state["config"])
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -131,9 +158,23 @@ class Engine:
         self.run_dir = Path(run_dir)
         self.ckpt_path = self.run_dir / CHECKPOINT
         self.config = config
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / "config.json", config)
+        self.lock = RunLock(self.run_dir)
+        self.signal: int | None = None  # SIGINT/SIGTERM received: checkpoint at the step's end, then exit
+        self._old_handlers: dict[int, Any] = {}
+        if self.main:  # one run per directory, nothing written through links (epsvae.rundir)
+            check_run_dir(self.run_dir)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunIOError(describe(exc, self.run_dir, "creating")) from None
+            self.lock.acquire()
+            try:
+                clean_leftovers(self.run_dir)
+                if self.ckpt_path.is_file():  # refuse a mismatched resume before any network is built
+                    self._check_same_run(load_checkpoint(self.run_dir, mmap=True))
+            except BaseException:
+                self.lock.release()
+                raise
         self.step, self.seconds_before = 0, 0.0
         self.progress = progress
         self.meter = Meter(self.run_dir, self.device, self.main)
@@ -148,8 +189,10 @@ class Engine:
         from .models import check_state_dict
 
         if not self.ckpt_path.is_file():
+            self._write_config()
             return False
         state = load_checkpoint(self.run_dir)
+        self._check_same_run(state)
         for key, obj in parts.items():
             if key not in state:
                 raise ValueError(f"{self.ckpt_path} has no {key!r}: it was written by another kind of run")
@@ -159,8 +202,12 @@ class Engine:
             obj.load_state_dict(state[key])
         self.step = self.checked_step = int(state["step"])
         self.seconds_before = float(state.get("seconds", 0.0))
+        self._write_config()
         if self.main:
             print(f"[train] resuming {self.run_dir} at step {self.step}")
+            dropped = truncate_rows(self.run_dir / "stats.jsonl", self.step)
+            if dropped:
+                print(f"[train] dropped {dropped} stats row(s) written after the checkpoint's step {self.step}")
             before = state.get("world_size", self.world)
             if before != self.world:  # same global batches and randomness; sums in another order
                 print(
@@ -169,12 +216,41 @@ class Engine:
                 )
         return True
 
+    def _write_config(self) -> None:
+        if self.main:
+            write_json(self.run_dir / "config.json", self.config)
+
+    def _check_same_run(self, state: dict) -> None:
+        """The checkpoint's own config must be config.json's (only the length may differ), and a
+        resumed run cannot be asked to stop before the step it has reached."""
+        from .config import ConfigError
+
+        step = int(state.get("step", 0))
+        if self.tc.steps < step:
+            raise ConfigError(
+                f"{self.run_dir} is at step {step}; --steps {self.tc.steps} is below it (a run cannot go back: "
+                f"give --steps {step} or more, or another --out)"
+            )
+        if "config" not in state:  # written before checkpoints carried their config
+            return
+        saved = flatten(json.loads(state["config"]))
+        now = flatten(self.config)
+        diff = [k for k in sorted(set(saved) | set(now)) if k != "train.steps" and saved.get(k) != now.get(k)]
+        if diff:
+            shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in diff[:4])
+            more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
+            raise ConfigError(
+                f"{self.run_dir}/config.json is not the config its checkpoint was trained with ({shown}{more}); "
+                "restore it, or start a new run with another --out"
+            )
+
     def start(self, minutes: float | None = None) -> None:
         """Call right before the loop: starts the clock, the meter and the progress bar.
 
         Under a time budget the bar counts steps without a total (its ETA would be the
         preset's full length, not the budget's) and says when the budget ends."""
         self.start_step, self.t0 = self.step, time.time()
+        self._catch_signals()
         self.last_log, self.last_step = self.t0, self.step
         total = None if minutes is not None else self.tc.steps
         self.meter.open(self.step, total, budget_desc(minutes, self.t0), self.progress)
@@ -279,8 +355,8 @@ class Engine:
         if not names:
             return
         self.extra["skipped_images"] += len(names)
-        with open(self.run_dir / SKIPPED, "a") as f:  # short O_APPEND writes: ranks do not interleave lines
-            f.write("".join(f"{self.step}\t{name}\n" for name in names))
+        # short O_APPEND writes: ranks do not interleave lines
+        append_text(self.run_dir / SKIPPED, "".join(f"{self.step}\t{name}\n" for name in names))
 
     def record(self, terms: dict[str, torch.Tensor]) -> None:
         """Add loss terms (device tensors) to this interval's averages."""
@@ -309,15 +385,54 @@ class Engine:
             self.last_log, self.last_step = now, self.step
         return self.step % tc.ckpt_every == 0, self.step % tc.sample_every == 0
 
-    def out_of_time(self, minutes: float | None) -> bool:
-        """Past the time budget? Every rank gets the same answer (else one would stop while
-        another waits for it in the next step's all-reduce)."""
-        if minutes is None:
+    def should_stop(self, minutes: float | None) -> bool:
+        """Past the time budget, or asked to stop by SIGINT/SIGTERM? Every rank gets the same
+        answer (else one would stop while another waits for it in the next step's all-reduce):
+        with several processes a signal is looked at on log steps, where all ranks meet anyway."""
+        if minutes is None and self.world == 1:
+            return self.signal is not None
+        if minutes is None and self.step % self.tc.log_every:
             return False
-        late = torch.tensor([float(time.time() - self.t0 > 60 * minutes)], device=self.device)
+        late = minutes is not None and time.time() - self.t0 > 60 * minutes
+        flags = torch.tensor([float(late), float(self.signal is not None)], device=self.device)
         if self.world > 1:
-            late = self.accelerator.reduce(late, reduction="sum")
-        return bool(late.item() > 0)
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        if flags[1].item() > 0 and self.signal is None:
+            self.signal = signal.SIGTERM  # another rank was stopped
+        return bool(flags.sum().item() > 0)
+
+    out_of_time = should_stop
+
+    def _catch_signals(self) -> None:
+        """SIGINT/SIGTERM end the current step, write a checkpoint and exit (a second one exits at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            if self.signal is not None:  # asked twice: stop now (the last checkpoint is intact)
+                self._restore_signals()
+                raise KeyboardInterrupt
+            self.signal = signum
+            if self.main:
+                print(
+                    f"\n[train] {signal.Signals(signum).name}: stopping after this step with a checkpoint", flush=True
+                )
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signals(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
+
+    def exit_if_interrupted(self) -> None:
+        """After the loop: if a signal stopped it (and the checkpoint is written), close and raise RunInterrupted."""
+        if self.signal is None:
+            return
+        self.meter.close()
+        self.release()
+        raise RunInterrupted(self.signal, self.step, self.ckpt_path)
 
     # ------------------------------------------------------------------ the end
 
@@ -326,8 +441,15 @@ class Engine:
         again leaves model/ (and the latent statistics encode-dataset may have put there) alone."""
         from .models import WEIGHTS_NAME
 
-        missing = not (self.run_dir / "model" / WEIGHTS_NAME).is_file()
-        return self.main and bool(summary["steps_this_session"] or missing)
+        if not (self.run_dir / "model" / WEIGHTS_NAME).is_file():
+            return self.main
+        try:
+            exported = json.loads((self.run_dir / "model" / "config.json").read_text()).get("_step")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            exported = None
+        if exported is None:  # an export from before exports recorded their step
+            return self.main and bool(summary["steps_this_session"])
+        return self.main and exported != self.step  # e.g. killed between the last checkpoint and the export
 
     def finish(self, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> dict:
         """Close the logs and write final.json (rank digests prove the ranks stayed in sync)."""
@@ -358,3 +480,28 @@ class Engine:
     def close(self) -> None:
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
+        self.release()
+
+    def release(self) -> None:
+        """Give back the run directory (lock, signal handlers); safe to call more than once."""
+        self._restore_signals()
+        self.lock.release()
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after writing a checkpoint; exit code 128 + signal number."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}: checkpoint written to {checkpoint}; run the same command to resume")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else k))
+    return out

@@ -25,6 +25,7 @@ import torch
 
 from .data import DataError, iter_batches, load_batch, open_dataset
 from .features import FeatureNet, auto_network
+from .images import check_finite
 from .metrics import FeatureStats, fid_from_stats, psnr, ssim, summarize
 from .models import load_pretrained
 from .perceptual import PerceptualError, build_perceptual
@@ -179,7 +180,7 @@ def evaluate(
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 decode_s += time.perf_counter() - t0
-                x_hat = x_hat.clamp(-1, 1)
+                x_hat = check_finite(x_hat).clamp(-1, 1)
                 sums["psnr"] += psnr(x_hat, x).sum().item()
                 if "ssim" in metrics:
                     sums["ssim"] += ssim(x_hat, x).sum().item()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from .config import (
     to_dict,
 )
 from .data import BatchStream, StepBatches, load_batch, open_dataset
-from .engine import Engine, read_json, resumable, step_seed, write_json_atomic
+from .engine import Engine, read_json, resumable, saved_config, step_seed, write_json_atomic
 from .images import save_grid, to_uint8
 from .models import (
     CONFIG_NAME,
@@ -179,6 +180,43 @@ def record_latent_stats(model_dir: str | Path, mean: list[float], std: list[floa
     _atomic_write_text(Path(model_dir) / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
 
 
+_META_TYPES = {"autoencoder_weights": str, "count": int, "latent_shape": list, "num_classes": int,
+               "latent_mean": list, "latent_std": list}  # fmt: skip
+
+
+def check_latent_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """A latent set's meta.json: required keys with the right types and consistent lengths."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    missing = [k for k in _META_TYPES if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a latent set written by `epsvae encode-dataset`")
+    for key, tp in _META_TYPES.items():
+        if not isinstance(meta[key], tp) or isinstance(meta[key], bool):
+            raise ValueError(f"{path}: {key} must be a {tp.__name__}, got {meta[key]!r}")
+    shape, c = meta["latent_shape"], None
+    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ValueError(f"{path}: latent_shape must be three positive integers (C, h, w), got {shape}")
+    c = shape[0]
+    stats = meta["latent_mean"] + meta["latent_std"]
+    if len(meta["latent_mean"]) != c or len(meta["latent_std"]) != c:
+        raise ValueError(f"{path}: latent_mean and latent_std need one value per latent channel ({c})")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats) or min(meta["latent_std"]) <= 0:
+        raise ValueError(f"{path}: latent statistics must be finite numbers with a positive std")
+    if meta["count"] < 0 or meta["num_classes"] < 0:
+        raise ValueError(f"{path}: count and num_classes cannot be negative")
+    return meta
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the latent set is incomplete, re-run encode-dataset")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable .npy array ({exc})") from None
+
+
 class LatentDataset:
     """A latent set written by `encode_dataset`, memory-mapped; `batch` is the engine's fast path."""
 
@@ -189,12 +227,24 @@ class LatentDataset:
                 f"{directory} is not a complete latent dataset ({META} is missing): "
                 "write one with `epsvae encode-dataset --model AE --data SPEC --out DIR`"
             )
-        self.meta = read_json(directory / META, "a latent set's metadata")
-        self.latents = np.load(directory / LATENTS, mmap_mode="r")
-        self.labels = torch.from_numpy(np.load(directory / LABELS))
-        if len(self.latents) != self.meta["count"] or len(self.labels) != self.meta["count"]:
-            raise ValueError(f"{directory}: {LATENTS} or {LABELS} does not hold {self.meta['count']} entries")
-        self.num_classes = int(self.meta["num_classes"])
+        self.meta = check_latent_meta(read_json(directory / META, "a latent set's metadata"), directory / META)
+        self.latents = _load_array(directory / LATENTS, mmap=True)
+        labels = _load_array(directory / LABELS, mmap=False)
+        count, shape, k = self.meta["count"], tuple(self.meta["latent_shape"]), self.meta["num_classes"]
+        if self.latents.dtype != np.float32 or self.latents.shape != (count, *shape):
+            raise ValueError(
+                f"{directory / LATENTS} holds {self.latents.dtype} {self.latents.shape}; its {META} says "
+                f"float32 {(count, *shape)}: the set is damaged or was edited, re-run encode-dataset"
+            )
+        if labels.dtype != np.int64 or labels.shape != (count,):
+            raise ValueError(f"{directory / LABELS} holds {labels.dtype} {labels.shape}; expected int64 ({count},)")
+        if count and (labels.min() < -1 or labels.max() >= max(k, 0) and labels.max() != -1):
+            raise ValueError(
+                f"{directory / LABELS} has labels from {labels.min()} to {labels.max()}, outside -1 (none) .. "
+                f"{k - 1} for the {k} classes its {META} records"
+            )
+        self.labels = torch.from_numpy(labels)
+        self.num_classes = int(k)
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -289,9 +339,9 @@ class LatentGenerator(nn.Module):
         ts = flow.grid_uniform(steps)
         return flow.SAMPLERS[sampler](lambda x, t: self.guided_velocity(x, t, labels, cfg_scale), noise, ts)
 
-    def save_pretrained(self, directory: str | Path, autoencoder: dict[str, Any]) -> Path:
+    def save_pretrained(self, directory: str | Path, autoencoder: dict[str, Any], **meta: Any) -> Path:
         """config.json (DiT config + `_autoencoder`: path, weights digest, latent stats) + weights."""
-        return write_pretrained(directory, self, to_dict(self.config), autoencoder=autoencoder)
+        return write_pretrained(directory, self, to_dict(self.config), autoencoder=autoencoder, **meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> tuple[LatentGenerator, dict[str, Any]]:
@@ -299,9 +349,16 @@ class LatentGenerator(nn.Module):
         data = read_json_config(directory)
         if data.get("_class_name") != cls.__name__:
             raise ConfigError(f"{directory} holds a {data.get('_class_name')}, not a {cls.__name__}")
-        model = cls(from_dict(DiTConfig, {k: v for k, v in data.items() if not k.startswith("_")}))
+        model = cls(from_dict(DiTConfig, {k: v for k, v in data.items() if not k.startswith("_")}, complete=True))
+        record = data.get("_autoencoder")
+        need = ("path", "weights_sha256", "latent_mean", "latent_std")
+        if not isinstance(record, dict) or any(k not in record for k in need):
+            raise ConfigError(
+                f"{directory}/{CONFIG_NAME} lacks its autoencoder record (_autoencoder with {', '.join(need)}): "
+                "without it the generator's latents cannot be decoded correctly"
+            )
         load_weights(model, Path(directory) / WEIGHTS_NAME)
-        return model.to(device).eval(), data["_autoencoder"]
+        return model.to(device).eval(), record
 
 
 def load_autoencoder_for(record: dict[str, Any], ae_dir: str | Path | None = None, device: str = "cpu"):
@@ -339,14 +396,13 @@ def prepare_generator_run(
     The latent shape and the number of classes come from the autoencoder and the latent set."""
     from .presets import generator_run_config
 
-    path = Path(run_dir) / "config.json"
     requested: dict[str, Any] = {"train.ae": ae, "train.latents": latents, "train.batch_size": batch_size}
     requested = {k: v for k, v in requested.items() if v is not None}
     for item in overrides or []:
         key, _, value = item.partition("=")
         requested[key.strip()] = parse_value(value.strip())
     if resumable(run_dir):
-        cfg = from_dict(GeneratorRunConfig, read_json(path, "a generator run's config"))
+        cfg = from_dict(GeneratorRunConfig, saved_config(run_dir, "a generator run's config"), complete=True)
         if preset is not None and cfg.preset not in (None, preset):
             raise ConfigError(f"{run_dir} is a run of preset {cfg.preset!r}, not {preset!r}; use another --out")
         if requested and apply_overrides(cfg, requested) != cfg:
@@ -387,6 +443,11 @@ def _check_latents_match(ae_dir: str, ds: LatentDataset) -> dict[str, Any]:
             f"than {ae_dir} ({digest}); re-run `epsvae encode-dataset --model {ae_dir}`"
         )
     data = read_json_config(ae_dir)
+    channels = (data.get("encoder") or {}).get("latent_channels")
+    if channels != ds.meta["latent_shape"][0]:
+        raise ValueError(
+            f"the latent set has {ds.meta['latent_shape'][0]} latent channels; {ae_dir}'s encoder makes {channels}"
+        )
     if (data.get("latent_mean"), data.get("latent_std")) != (ds.meta["latent_mean"], ds.meta["latent_std"]):
         raise ValueError(
             f"{ae_dir}/config.json's latent statistics are not the latent set's: another encode-dataset "
@@ -404,8 +465,15 @@ def train_generator(
     run_dir: str | Path, cfg: GeneratorRunConfig, minutes: float | None = None, progress: bool = True
 ) -> dict:
     """Train (or resume) a latent generator run; exports the EMA weights to RUN/model at the end."""
+    eng = Engine(run_dir, to_dict(cfg), cfg.train, progress)
+    try:
+        return _train_generator(eng, cfg, minutes)
+    finally:
+        eng.release()  # the run directory's lock, also after an error
+
+
+def _train_generator(eng: Engine, cfg: GeneratorRunConfig, minutes: float | None) -> dict:
     tc = cfg.train
-    eng = Engine(run_dir, to_dict(cfg), tc, progress)
     device, main, acc = eng.device, eng.main, eng.accelerator
     ds = LatentDataset(tc.latents)
     record = _check_latents_match(tc.ae, ds)
@@ -435,7 +503,7 @@ def train_generator(
         save_grid(rows, eng.run_dir / "samples" / f"step{eng.step:07d}.png", scale=2 if images.shape[-1] <= 64 else 1)
 
     eng.start(minutes)
-    while eng.step < tc.steps and not eng.out_of_time(minutes):
+    while eng.step < tc.steps and not eng.should_stop(minutes):
         gen = eng.seed_step()
         z, y, _ = next(stream)  # this process's share of the global batch
         x0 = (z.to(device) - mean) / std
@@ -458,12 +526,13 @@ def train_generator(
             sample_grid()
     eng.stop_clock()
     eng.save(parts)
+    eng.exit_if_interrupted()
     summary = eng.finish(raw)
     if eng.export_due(summary):
         sample_grid()
         ema_model = LatentGenerator(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
-        ema_model.save_pretrained(eng.run_dir / "model", record)
+        ema_model.save_pretrained(eng.run_dir / "model", record, step=eng.step)
         print(f"[train-dit] step {eng.step}: EMA weights exported to {eng.run_dir / 'model'}")
     eng.close()
     return summary

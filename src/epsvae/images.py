@@ -9,9 +9,26 @@ import torch
 from PIL import Image
 
 
+class NonFiniteImages(ValueError):
+    """Decoded or sampled images with NaN/Inf pixels: an error, never silently black or white pixels."""
+
+
+def check_finite(x: torch.Tensor) -> torch.Tensor:
+    """`x` (N, ...) unchanged, or a NonFiniteImages error naming how many images hold NaN/Inf."""
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).flatten(1).any(1).sum())
+        raise NonFiniteImages(
+            f"{bad} of {len(x)} decoded images hold NaN or infinite pixels (clipping would have made them black): "
+            "the model's weights or its inputs are not finite"
+        )
+    return x
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W), clipped."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W), clipped; NaN or Inf is a NonFiniteImages error."""
+    x = check_finite(x.detach().float().cpu())
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
 def save_grid(rows: list[torch.Tensor | np.ndarray], path: str | Path, pad: int = 2, scale: int = 1) -> Path:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .rundir import append_text
+
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -43,7 +45,8 @@ class Meter:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            # purge_step: a resumed run's TensorBoard drops events logged after its checkpoint
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=initial_step or None)
         except ImportError:
             print("[train] tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
 
@@ -86,8 +89,7 @@ class Meter:
         """One stats row (it must hold 'step') to stats.jsonl and TensorBoard, main rank only."""
         if not self.main:
             return
-        with open(self.run_dir / "stats.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.run_dir / "stats.jsonl", json.dumps(row) + "\n")
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":

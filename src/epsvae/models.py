@@ -19,6 +19,7 @@ from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, 
 from .nn.autoencoder import Encoder, VAEDecoder
 from .nn.discriminator import Discriminator
 from .nn.unet import UNet
+from .rundir import RunIOError, atomic_write, describe, write_text
 from .tiling import TileConfig
 
 CONFIG_NAME = "config.json"
@@ -152,9 +153,10 @@ class Autoencoder(nn.Module):
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         return {"encoder": count(self.encoder), "decoder": count(self.decoder), "discriminator": count(disc)}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` (no pickle) into `directory`."""
-        return write_pretrained(directory, self, to_dict(self.config))
+    def save_pretrained(self, directory: str | Path, **meta: Any) -> Path:
+        """Write `config.json` and `model.safetensors` (no pickle) into `directory`; `meta` (e.g. the
+        training step) goes into config.json as `_key`s."""
+        return write_pretrained(directory, self, to_dict(self.config), **meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"):
@@ -321,24 +323,27 @@ def read_config(directory: str | Path) -> AutoencoderConfig:
     data = read_json_config(directory)
     if data.get("_class_name", "EpsilonVAE") not in ("EpsilonVAE", "BaselineVAE"):
         raise ConfigError(f"{directory} holds a {data['_class_name']}, not an autoencoder")
-    return from_dict(AutoencoderConfig, {k: v for k, v in data.items() if not k.startswith("_")})
+    return from_dict(AutoencoderConfig, {k: v for k, v in data.items() if not k.startswith("_")}, complete=True)
 
 
 def write_pretrained(directory: str | Path, module: nn.Module, config: dict[str, Any], **meta: Any) -> Path:
     """`config.json` (class name, version, `meta` as _keys, config) + `model.safetensors`, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from . import __version__
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunIOError(describe(exc, directory, "creating")) from None
     head = {"_class_name": type(module).__name__, "_epsvae_version": __version__}
     head.update({f"_{k}": v for k, v in meta.items()})
-    _atomic_write_text(directory / CONFIG_NAME, json.dumps({**head, **config}, indent=2) + "\n")
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    tmp = directory / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders metadata at random
-    tmp.replace(directory / WEIGHTS_NAME)
+    blob = save(state, metadata={"format": "pt"})  # one key: safetensors orders metadata at random
+    # weights first, config last: a directory whose config.json is new has its new weights too
+    atomic_write(directory / WEIGHTS_NAME, lambda f: f.write(blob))
+    write_text(directory / CONFIG_NAME, json.dumps({**head, **config}, indent=2) + "\n")
     return directory
 
 
@@ -398,7 +403,4 @@ def randn_like(like: torch.Tensor, generator: torch.Generator | None = None) -> 
     return noise.to(device=like.device, dtype=like.dtype)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+_atomic_write_text = write_text

@@ -18,7 +18,7 @@ import torch
 from . import losses
 from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_value, to_dict
 from .data import BatchStream, StepBatches, open_dataset
-from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, read_json, resumable
+from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, resumable, saved_config
 from .evaluate import HeldOutCheck
 from .images import save_grid
 from .models import (
@@ -55,7 +55,6 @@ def prepare_run(
     """
     from .presets import run_config
 
-    path = Path(run_dir) / "config.json"
     if init_from is not None:
         read_config(init_from)  # a readable error now, not after the run directory exists
         init_from = str(Path(init_from).resolve())
@@ -65,7 +64,7 @@ def prepare_run(
         key, _, value = item.partition("=")
         requested[key.strip()] = parse_value(value.strip())
     if resumable(run_dir):
-        cfg = from_dict(RunConfig, read_json(path, "a run's config"))
+        cfg = from_dict(RunConfig, saved_config(run_dir, "a run's config"), complete=True)
         if preset is not None and cfg.preset not in (None, preset):
             raise ConfigError(f"{run_dir} is a run of preset {cfg.preset!r}, not {preset!r}; use another --out")
         if requested:
@@ -97,8 +96,12 @@ def init_weights(model: Autoencoder, directory: str | Path) -> None:
 
 def export(run_dir: str | Path, out: str | Path) -> Path:
     """Write the EMA weights of a run's latest checkpoint as a model directory."""
-    cfg = from_dict(RunConfig, read_json(Path(run_dir) / "config.json", "a run's config"))
+    cfg = from_dict(RunConfig, saved_config(run_dir, "a run's config"), complete=True)
     state = load_checkpoint(run_dir)
+    if not isinstance(state.get("ema"), dict):
+        raise ValueError(
+            f"{Path(run_dir) / CHECKPOINT} holds no EMA weights ('ema'): not an epsvae training checkpoint"
+        )
     model = build_model(cfg.model)
     check_state_dict(model, state["ema"], source=f"{Path(run_dir) / CHECKPOINT} [ema]")
     model.load_state_dict(state["ema"])
@@ -115,12 +118,20 @@ def train(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) the run in `run_dir` up to `cfg.train.steps`, or for `minutes`. Returns a summary."""
-    tc, lc, kind = cfg.train, cfg.train.loss, cfg.model.kind
-    channels = cfg.model.image_channels
+    tc, channels = cfg.train, cfg.model.image_channels
     # ---- data first: a dataset that cannot be used (missing, wrong channels) writes nothing
     resolution = tc.resolution or cfg.model.image_size
     dataset = open_dataset(tc.data, "train", resolution, channels, strict=tc.strict_data)
     eng = Engine(run_dir, to_dict(cfg), tc, progress)
+    try:
+        return _train(eng, cfg, dataset, resolution, minutes)
+    finally:
+        eng.release()  # the run directory's lock, also after an error
+
+
+def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float | None) -> dict:
+    tc, lc, kind = cfg.train, cfg.train.loss, cfg.model.kind
+    channels = cfg.model.image_channels
     device, main, acc = eng.device, eng.main, eng.accelerator
     run_dir = eng.run_dir
     batches = StepBatches(len(dataset), tc.batch_size, eng.world, eng.rank, tc.seed)  # this rank's share per step
@@ -190,7 +201,7 @@ def train(
     eng.start(minutes)
     if eng.step == 0:
         sample_grid()
-    while eng.step < tc.steps and not eng.out_of_time(minutes):
+    while eng.step < tc.steps and not eng.should_stop(minutes):
         gen = eng.seed_step()
         x, _, skipped = next(stream)  # this process's share of the global batch
         eng.note_skipped(skipped)
@@ -231,6 +242,7 @@ def train(
 
     eng.stop_clock()
     eng.save(parts)
+    eng.exit_if_interrupted()  # SIGINT/SIGTERM: the checkpoint above holds this step
     if eng.step % tc.sample_every and main:
         sample_grid()
     if tc.eval_every and eng.step % tc.eval_every and eng.step > eng.start_step:
@@ -239,7 +251,7 @@ def train(
     if eng.export_due(summary):
         ema_model = build_model(cfg.model)
         ema_model.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
-        ema_model.save_pretrained(run_dir / "model")
+        ema_model.save_pretrained(run_dir / "model", step=eng.step)
         print(f"[train] step {eng.step}: EMA weights exported to {run_dir / 'model'}")
     eng.close()
     return summary
