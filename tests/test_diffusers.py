@@ -100,6 +100,20 @@ def test_cli_export_both_ways(tmp_path):
         assert torch.equal(v, model.state_dict()[k]) and torch.equal(v, vae.to_epsvae().state_dict()[k])
 
 
+def test_cli_export_a_run_as_diffusers(fmnist, tmp_path):
+    """`epsvae export RUN --format diffusers`: the run's EMA weights, as `epsvae export RUN` writes them."""
+    from epsvae.cli import main
+
+    from helpers import TINY
+
+    args = ["--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(tmp_path / "r"), *TINY, "--steps", "1"]
+    assert main(["train", *args]) == 0
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "d"), "--format", "diffusers"]) == 0
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "e")]) == 0
+    vae, model = AutoencoderEps.from_pretrained(tmp_path / "d"), load_pretrained(tmp_path / "e")
+    assert all(torch.equal(v, vae.to_epsvae().state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_dit_pipeline_end_to_end():
     from diffusers import DDIMScheduler, DiTPipeline, Transformer2DModel
 
