@@ -67,7 +67,8 @@ class AutoencoderEps(ModelMixin, ConfigMixin):
         latent_std: list[float] | None = None,
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
-        # what pipelines read from an AutoencoderKL; recomputed from the fields above (accepted when loading)
+        # what pipelines read from an AutoencoderKL (2 ** (len(block_out_channels) - 1) is the downsampling);
+        # recomputed from the fields above, accepted when loading
         block_out_channels: list[int] | None = None,
         latent_channels: int | None = None,
         in_channels: int | None = None,
@@ -86,7 +87,6 @@ class AutoencoderEps(ModelMixin, ConfigMixin):
         self.register_to_config(
             scaling_factor=scale if scaling_factor is None else scaling_factor,
             shift_factor=shift if shift_factor is None else shift_factor,
-            # what pipelines read from an AutoencoderKL: 2 ** (len(block_out_channels) - 1) is the downsampling
             block_out_channels=[enc.channels * m for m in enc.channel_mult],
             latent_channels=enc.latent_channels,
             in_channels=image_channels,
