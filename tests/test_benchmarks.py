@@ -322,3 +322,19 @@ def test_frozen_quick(fmnist, tmp_path):
     rows = json.loads((out / "frozen.json").read_text())["rows"]
     assert [r["preset"] for r in rows] == ["vae-fmnist", "eps-fmnist"]
     assert rows[1]["overrides"][0].startswith("train.frozen_encoder=") and "fd_indep" in rows[1]["eval"]["results"]["3"]
+
+
+@pytest.mark.slow
+def test_decode_memory_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "decode_memory.json").read_text())["rows"]
+    assert all("error" not in r and r["peak_gib"] > 0 and r["seconds"] > 0 for r in rows)
+    tiled = [r for r in rows if r["tiled"]]
+    assert [r["size"] for r in tiled] == [64, 128] and all(r["norm_passes_run"] >= 1 for r in tiled)
+    assert all(r["max_abs_vs_untiled"] < 1e-4 for r in tiled)  # the tiled image is the untiled one
+    assert [(r["batch"], r["sliced"]) for r in rows[-2:]] == [(1, False), (4, True)]
+    assert (tmp_path / "decode_memory.png").stat().st_size > 0 and not (tmp_path / "images").exists()

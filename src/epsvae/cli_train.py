@@ -54,8 +54,10 @@ def add_parsers(sub, command) -> None:
     command("quickstart")(_quickstart)
 
     p = sub.add_parser("export", help="export a run's EMA weights as a model directory")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory (or, to convert, a model directory in either format)")
     p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--format", choices=("epsvae", "diffusers"), default="epsvae",
+                   help="epsvae (default) or diffusers (AutoencoderEps; needs epsvae[diffusers])")  # fmt: skip
     command("export")(_export)
 
     p = sub.add_parser("reconstruct", help="encode and decode a dataset split; write uint8 arrays to .npz")
@@ -136,6 +138,13 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .integrations import is_diffusers_dir
+
+    if args.format == "diffusers" or is_diffusers_dir(args.run):  # to or from diffusers' format
+        from .integrations.diffusers import export as convert
+
+        print(f"exported to {convert(args.run, args.out, args.format)}")
+        return 0
     from .train import export
 
     print(f"exported to {export(args.run, args.out)}")

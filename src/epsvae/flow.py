@@ -10,7 +10,8 @@ data enters the path scaled down, which lowers the SNR at every t:
 The network sees x_t / sqrt(((1 - t) γ)^2 + t^2) so its input keeps unit variance
 (for unit-variance data). Samplers integrate dx = v dt from t = 1 to t = 0 on a time
 grid given as a tensor and return the state at the last grid point (γ x0 at t = 0);
-they share one signature, k-diffusion style, so new ones can sit beside Euler.
+they share one signature, k-diffusion style, so new ones can sit beside Euler. They
+run under the caller's grad mode (decoding differentiates through them when asked).
 """
 
 from __future__ import annotations
@@ -114,7 +115,6 @@ def _check_steps(steps: int) -> None:
 # --------------------------------------------------------------------------- samplers
 
 
-@torch.no_grad()
 def sample_euler(
     velocity: VelocityFn,
     x: torch.Tensor,
@@ -134,7 +134,6 @@ def sample_euler(
     return x
 
 
-@torch.no_grad()
 def sample_heun(
     velocity: VelocityFn,
     x: torch.Tensor,

@@ -14,12 +14,13 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from . import flow
+from . import decoding, flow
 from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, to_dict
 from .nn.autoencoder import Encoder, VAEDecoder
 from .nn.discriminator import Discriminator
 from .nn.unet import UNet
 from .rundir import RunIOError, atomic_write, describe, write_text
+from .tiling import TileConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,6 +75,14 @@ class Autoencoder(nn.Module):
     def downsample(self) -> int:
         return self.config.encoder.downsample
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     # ------------------------------------------------------------------ encoding
 
     def _check_images(self, x: torch.Tensor) -> None:
@@ -98,7 +107,7 @@ class Autoencoder(nn.Module):
     def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (N, C, H, W) -> (mean, logvar), each (N, Cz, H/f, W/f); logvar is None without a Gaussian posterior."""
         self._check_images(x)
-        h = self.encoder(x)
+        h = self.encoder(x.to(device=self.device, dtype=self.dtype))
         if not self.config.encoder.gaussian:
             return h, None
         mean, logvar = h.chunk(2, dim=1)
@@ -238,7 +247,6 @@ class EpsilonVAE(Autoencoder):
         x0_hat = flow.x0_estimate(x_t, t, v_pred, fc.gamma)
         return EpsilonOutput(z, t, x_t, v_pred, flow.velocity_target(x, noise, fc.gamma), x0_hat, kl)
 
-    @torch.no_grad()
     def decode(
         self,
         z: torch.Tensor,
@@ -247,33 +255,31 @@ class EpsilonVAE(Autoencoder):
         generator: torch.Generator | None = None,
         sampler: str = "euler",
         noise: torch.Tensor | None = None,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        tiling: TileConfig | None = None,
+        batch_size: int | None = None,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f), about [-1, 1], in `steps` network calls.
 
         `grid` is 'reversed-log' (default from the config), 'uniform', or a decreasing
         tensor of times from 1 down to 0. Decoding starts from Gaussian noise, so it
         is stochastic: pass a seeded `generator` (or `noise`) to make it reproducible.
+
+        Large images: `tile_size` (pixels, with `tile_overlap` of context, default the
+        exact receptive margin) or a full `tiling` evaluates each network call tile by
+        tile over one global noise canvas (see epsvae.tiling). Large batches:
+        `batch_size` decodes that many images at a time with the same noise as all at
+        once. `grad=True` keeps the autograd graph (guidance, editing). `z` is cast to
+        the model's dtype and device; low-precision models keep the sampler state in float32.
         """
         self._check_latents(z)
-        fc = self.config.flow
-        if isinstance(grid, torch.Tensor):
-            ts = grid.float().cpu()
-            malformed = ts.ndim != 1 or len(ts) < 2 or not torch.isfinite(ts).all()  # NaN compares as False
-            if malformed or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
-                raise ValueError("a custom grid must be a 1-D decreasing tensor from exactly 1 down to exactly 0")
-        else:
-            ts = flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
-        if sampler not in flow.SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(flow.SAMPLERS)}")
-        f = self.downsample
-        shape = (z.shape[0], self.config.image_channels, z.shape[2] * f, z.shape[3] * f)
-        if noise is None:
-            noise = randn_like(z.new_empty(shape), generator)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x = noise.to(device=z.device, dtype=z.dtype)
-        x = flow.SAMPLERS[sampler](lambda x_t, t: self.velocity(x_t, t, z), x, ts)
-        return x / fc.gamma  # the state at t = 0 is γ x0
+        ts = decoding.resolve_grid(self.config.flow, steps, grid)
+        if tiling is None and tile_size is not None:
+            tiling = TileConfig(size=tile_size, overlap=tile_overlap)
+        return decoding.decode(self, z, ts, generator, sampler, noise, tiling, batch_size, grad)
 
 
 class BaselineVAE(Autoencoder):
@@ -294,7 +300,7 @@ class BaselineVAE(Autoencoder):
     def decode(self, z: torch.Tensor, **_ignored: Any) -> torch.Tensor:
         """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f). Step/grid arguments are accepted and ignored."""
         self._check_latents(z)
-        return self.decoder(z)
+        return self.decoder(z.to(device=self.device, dtype=self.dtype))
 
 
 _CLASS_FOR_KIND: dict[str, type[Autoencoder]] = {"epsilon": EpsilonVAE, "vae": BaselineVAE}

@@ -72,22 +72,52 @@ class UNet(nn.Module):
             return layer(x, emb)
         return layer(x)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x_t (N, C, H, W), t (N,), z (N, Cz, h, w) -> velocity (N, C, H, W)."""
+    # The forward pass in pieces, so tiled decoding (epsvae.tiling) can run the levels it
+    # cuts per tile and the rest globally without a second copy of this logic.
+
+    def stem(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (N, C, H, W), t (N,), z (N, Cz, h, w) -> (x_t and nearest-upsampled z on channels, time embedding)."""
         zc = F.interpolate(z.to(x_t.dtype), size=x_t.shape[-2:], mode="nearest")
-        emb = self.time_embed(timestep_embedding(t, self.cfg.channels).to(x_t.dtype))
-        x = torch.cat([x_t, zc], dim=1)
-        skips = []
-        for name, layer in self.enc.items():
-            x = self._run(layer, x, emb)
+        return torch.cat([x_t, zc], dim=1), self.embed(t, x_t.dtype)
+
+    def embed(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Flow times t (N,) -> time embedding (N, 4 * channels)."""
+        return self.time_embed(timestep_embedding(t, self.cfg.channels).to(dtype))
+
+    def run_enc(self, x: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor], names=None) -> torch.Tensor:
+        """Encoder layers `names` (default all, in order); appends their skip tensors to `skips`."""
+        for name in names if names is not None else self.enc:
+            x = self._run(self.enc[name], x, emb)
             if "attn" not in name:  # the skip leaves after the attention of its block
                 skips.append(x)
             else:
                 skips[-1] = x
+        return x
+
+    def run_mid(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for layer in self.mid.values():
             x = self._run(layer, x, emb)
-        for name, layer in self.dec.items():
+        return x
+
+    def run_dec(self, x: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor], names=None) -> torch.Tensor:
+        """Decoder layers `names` (default all, in order); each block pops its skip from `skips`."""
+        for name in names if names is not None else self.dec:
             if "block" in name:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = self._run(layer, x, emb)
+            x = self._run(self.dec[name], x, emb)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_conv(F.silu(self.out_norm(x)))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x_t (N, C, H, W), t (N,), z (N, Cz, h, w) -> velocity (N, C, H, W)."""
+        x, emb = self.stem(x_t, t, z)
+        skips: list[torch.Tensor] = []
+        x = self.run_mid(self.run_enc(x, emb, skips), emb)
+        return self.head(self.run_dec(x, emb, skips))
+
+
+def level_of(name: str) -> int:
+    """U-Net level of an `enc`/`dec` layer name: 'l2_block0' -> 2 (0 = full resolution)."""
+    return int(name[1 : name.index("_")])
