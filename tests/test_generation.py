@@ -9,7 +9,8 @@ import torch
 from epsvae import EpsilonVAE, load_pretrained
 from epsvae.cli import main
 from epsvae.config import DiTConfig
-from epsvae.generation import LatentDataset, LatentGenerator, encode_dataset, resolve_labels
+from epsvae.generation import LatentGenerator, resolve_labels
+from epsvae.latents import LatentDataset, encode_dataset
 from epsvae.nn.dit import DiT, sincos_2d
 from epsvae.presets import generator_run_config
 

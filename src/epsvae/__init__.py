@@ -17,7 +17,8 @@ from .config import (  # noqa: E402
     EncoderConfig,
     FlowConfig,
 )
-from .generation import LatentGenerator, encode_dataset, generate  # noqa: E402
+from .generation import LatentGenerator, generate  # noqa: E402
+from .latents import encode_dataset  # noqa: E402
 from .models import BaselineVAE, EpsilonVAE, build_model, load_pretrained  # noqa: E402
 from .presets import preset_names  # noqa: E402
 

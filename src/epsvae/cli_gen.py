@@ -80,7 +80,7 @@ def add_parsers(sub, command) -> None:
 
 
 def _encode_dataset(args: argparse.Namespace) -> int:
-    from .generation import encode_dataset
+    from .latents import encode_dataset
 
     meta = encode_dataset(
         args.model,
