@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from epsvae import EpsilonVAE
+from epsvae.checkpoint import load_checkpoint
 from epsvae.cli import main
-from epsvae.engine import load_checkpoint
 from epsvae.rundir import RunLock
 
 from conftest import tiny_config

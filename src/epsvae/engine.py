@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
+from .checkpoint import CHECKPOINT, atomic_save, check_same_run, load_checkpoint
 from .meter import Meter, budget_desc, peak_memory_mb
 from .rundir import (
     RunIOError,
     RunLock,
     append_text,
-    atomic_write,
     check_run_dir,
     clean_leftovers,
     describe,
@@ -40,7 +40,6 @@ from .rundir import (
     write_json,
 )
 
-CHECKPOINT = "checkpoint.pt"
 SKIPPED = "skipped_images.txt"
 
 
@@ -48,59 +47,6 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss; the last good checkpoint is left as it was."""
 
     epsvae_user_error = True
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save, whole or not at all (fsynced temporary file renamed over `path`)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def load_checkpoint(run_dir: str | Path, mmap: bool = False) -> dict:
-    """A run's checkpoint (CPU tensors; `mmap`: tensors read lazily, for looking at step and config)."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no training checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # truncated or foreign files raise assorted pickle/zip errors
-        raise ValueError(f"{path} is not a readable epsvae training checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise ValueError(f"{path} is not an epsvae training checkpoint (no step counter)")
-    return state
-
-
-write_json_atomic = write_json
-
-
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file, or a ConfigError naming it (a truncated or hand-edited file is not a traceback)."""
-    from .config import ConfigError
-
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); is this {what}?") from None
-
-
-def resumable(run_dir: str | Path) -> bool:
-    """A run directory holds a run to resume once it has a checkpoint; a config.json alone
-    (a start that failed before its first checkpoint) does not bind the next start."""
-    return (Path(run_dir) / CHECKPOINT).is_file()
-
-
-def saved_config(run_dir: str | Path, what: str) -> Any:
-    """A resumable run's config.json; if it was deleted, the checkpoint's own copy (with a note),
-    so a run is never resumed under a recipe it was not trained with."""
-    path = Path(run_dir) / "config.json"
-    if path.is_file():
-        return read_json(path, what)
-    state = load_checkpoint(run_dir)
-    if "config" not in state:
-        from .config import ConfigError
-
-        raise ConfigError(f"{path} is missing and {run_dir}/{CHECKPOINT} is too old to carry its config")
-    print(f"[train] {path} is missing: using the config stored in the checkpoint")
-    return json.loads(state["config"])
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -171,7 +117,7 @@ class Engine:
             try:
                 clean_leftovers(self.run_dir)
                 if self.ckpt_path.is_file():  # refuse a mismatched resume before any network is built
-                    self._check_same_run(load_checkpoint(self.run_dir, mmap=True))
+                    check_same_run(self.run_dir, load_checkpoint(self.run_dir, mmap=True), self.config, self.tc.steps)
             except BaseException:
                 self.lock.release()
                 raise
@@ -192,7 +138,7 @@ class Engine:
             self._write_config()
             return False
         state = load_checkpoint(self.run_dir)
-        self._check_same_run(state)
+        check_same_run(self.run_dir, state, self.config, self.tc.steps)
         for key, obj in parts.items():
             if key not in state:
                 raise ValueError(f"{self.ckpt_path} has no {key!r}: it was written by another kind of run")
@@ -219,30 +165,6 @@ class Engine:
     def _write_config(self) -> None:
         if self.main:
             write_json(self.run_dir / "config.json", self.config)
-
-    def _check_same_run(self, state: dict) -> None:
-        """The checkpoint's own config must be config.json's (only the length may differ), and a
-        resumed run cannot be asked to stop before the step it has reached."""
-        from .config import ConfigError
-
-        step = int(state.get("step", 0))
-        if self.tc.steps < step:
-            raise ConfigError(
-                f"{self.run_dir} is at step {step}; --steps {self.tc.steps} is below it (a run cannot go back: "
-                f"give --steps {step} or more, or another --out)"
-            )
-        if "config" not in state:  # written before checkpoints carried their config
-            return
-        saved = flatten(json.loads(state["config"]))
-        now = flatten(self.config)
-        diff = [k for k in sorted(set(saved) | set(now)) if k != "train.steps" and saved.get(k) != now.get(k)]
-        if diff:
-            shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in diff[:4])
-            more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
-            raise ConfigError(
-                f"{self.run_dir}/config.json is not the config its checkpoint was trained with ({shown}{more}); "
-                "restore it, or start a new run with another --out"
-            )
 
     def start(self, minutes: float | None = None) -> None:
         """Call right before the loop: starts the clock, the meter and the progress bar.
@@ -474,7 +396,7 @@ class Engine:
         if self.extra["skipped_images"]:
             print(f"[train] skipped {self.extra['skipped_images']} unreadable image(s): see {self.run_dir / SKIPPED}")
         if self.main:
-            write_json_atomic(self.run_dir / "final.json", summary)
+            write_json(self.run_dir / "final.json", summary)
         return summary
 
     def close(self) -> None:
@@ -495,13 +417,3 @@ class RunInterrupted(Exception):
         self.exit_code = 128 + int(signum)
         name = signal.Signals(signum).name
         super().__init__(f"{name} at step {step}: checkpoint written to {checkpoint}; run the same command to resume")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else k))
-    return out

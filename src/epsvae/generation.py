@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import flow
+from .checkpoint import resumable, saved_config
 from .config import (
     ConfigError,
     DiTConfig,
@@ -32,7 +33,7 @@ from .config import (
     to_dict,
 )
 from .data import BatchStream, StepBatches, open_dataset
-from .engine import Engine, resumable, saved_config, step_seed
+from .engine import Engine, step_seed
 from .images import save_grid, to_uint8
 from .latents import LatentDataset, weights_digest
 from .models import (

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import read_json
 from .data import load_batch, open_dataset
-from .engine import read_json, write_json_atomic
 from .models import CONFIG_NAME, WEIGHTS_NAME, _atomic_write_text, load_pretrained, read_json_config
+from .rundir import write_json
 
 LATENTS, LABELS, META = "latents.npy", "labels.npy", "meta.json"
 
@@ -126,7 +127,7 @@ def encode_dataset(
     }
     if record_stats:
         record_latent_stats(model_dir, meta["latent_mean"], meta["latent_std"], force)
-    write_json_atomic(out / META, meta)
+    write_json(out / META, meta)
     return meta
 
 

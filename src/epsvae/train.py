@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from . import losses
+from .checkpoint import CHECKPOINT, load_checkpoint, resumable, saved_config
 from .config import ConfigError, RunConfig, apply_overrides, from_dict, parse_value, to_dict
 from .data import BatchStream, StepBatches, open_dataset
-from .engine import CHECKPOINT, Engine, TrainingDiverged, load_checkpoint, resumable, saved_config
+from .engine import Engine, TrainingDiverged
 from .evaluate import HeldOutCheck
 from .frozen import apply_frozen_encoder, read_frozen_encoder
 from .images import save_grid
