@@ -13,37 +13,42 @@ import torch
 import torch.nn.functional as F
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16/fp16 autocast outputs are widened; float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def velocity_mse(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(v_pred.float(), v_target.float())
+    return F.mse_loss(_wide(v_pred), _wide(v_target))
 
 
 def velocity_mse_per_sample(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
     """(N,) per-image MSE, for the loss-by-t diagnostics."""
-    return (v_pred.float() - v_target.float()).pow(2).flatten(1).mean(1)
+    return (_wide(v_pred) - _wide(v_target)).pow(2).flatten(1).mean(1)
 
 
 def recon_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     if kind == "l1":
-        return F.l1_loss(x_hat.float(), x.float())
+        return F.l1_loss(_wide(x_hat), _wide(x))
     if kind == "l2":
-        return F.mse_loss(x_hat.float(), x.float())
+        return F.mse_loss(_wide(x_hat), _wide(x))
     raise ValueError(f"unknown reconstruction loss {kind!r}; use 'l1' or 'l2'")
 
 
 def generator_adv(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss, softplus(-D(fake))."""
-    return F.softplus(-fake_logits.float()).mean()
+    return F.softplus(-_wide(fake_logits)).mean()
 
 
 def discriminator_adv(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating discriminator loss, softplus(-D(real)) + softplus(D(fake))."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+    return F.softplus(-_wide(real_logits)).mean() + F.softplus(_wide(fake_logits)).mean()
 
 
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
     """E[|grad_x D(x)|^2] over real inputs (Mescheder et al. 2018); `real_inputs` must require grad."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+    return _wide(grad).pow(2).flatten(1).sum(1).mean()
 
 
 def disc_pair(image: torch.Tensor, x_t: torch.Tensor | None) -> torch.Tensor:
@@ -75,7 +80,7 @@ def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, gen
         recon, x_t, t = out.x_hat, None, torch.zeros(x.shape[0], device=x.device)
         terms["recon"] = recon_loss(recon, x, lc.recon)
     if perceptual is not None and lc.perceptual_weight:
-        terms["perceptual"] = perceptual(recon.float(), x.float()).mean()
+        terms["perceptual"] = perceptual(_wide(recon), _wide(x)).mean()
     if adv_on and disc is not None:
         disc.requires_grad_(False)
         try:
@@ -113,7 +118,7 @@ def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.null
         real_logits = disc(real, t)
         fake_logits = disc(disc_pair(recon, x_t), t)
     loss = discriminator_adv(real_logits, fake_logits)
-    terms = {"d_real": real_logits.float().mean(), "d_fake": fake_logits.float().mean()}
+    terms = {"d_real": _wide(real_logits).mean(), "d_fake": _wide(fake_logits).mean()}
     if r1_step:
         if k == 1:
             terms["r1"] = r1_penalty(real_logits, real)
