@@ -26,15 +26,13 @@ from _common import DEVICE, FID_FEATURES, QUICK, new_result, save, train_arm
 
 from epsvae.evaluate import FD_NOTES
 from epsvae.generation import (
-    LatentDataset,
     class_grid,
-    encode_dataset,
     evaluate_generation,
     generate,
     prepare_generator_run,
     train_generator,
-    weights_digest,
 )
+from epsvae.latents import LatentDataset, encode_dataset, weights_digest  # noqa: E402
 
 ARMS = {  # name -> (autoencoder preset, overrides): the compression benchmark's arms
     "vae-1x": ("vae-fmnist", []),
