@@ -41,10 +41,13 @@ def test_sd_and_fmnist_presets():
 def test_every_preset_builds_a_valid_config():
     expected = {f"{k}-lite-{s}" for k in ("eps", "vae") for s in PAPER}
     expected |= {"eps-sd-B", "eps-sd-M", "eps-sd-H", "eps-fmnist", "vae-fmnist", "eps-photo", "vae-photo"}
+    expected |= {"eps-decoder-sd-B", "eps-decoder-sd-M"}  # for the frozen Stable Diffusion VAE encoder
     assert set(PRESETS) == expected
     for name in PRESETS:
         cfg = model_config(name)
         assert from_dict(AutoencoderConfig, to_dict(cfg)) == cfg
+    sd = model_config("eps-decoder-sd-B")  # SD's f8c4 encoder with its Gaussian posterior
+    assert sd.encoder.gaussian and sd.latent_shape == (4, 32, 32) and sd.encoder.mid_attention
 
 
 def test_info_table(capsys):
