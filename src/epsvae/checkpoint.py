@@ -79,7 +79,8 @@ def check_same_run(run_dir: Path, state: dict, config: dict[str, Any], steps: in
         return
     saved = flatten(json.loads(state["config"]))
     now = flatten(config)
-    diff = [k for k in sorted(set(saved) | set(now)) if k != "train.steps" and saved.get(k) != now.get(k)]
+    # keys the checkpoint does not know are fields added to the config since (at their defaults)
+    diff = [k for k in sorted(saved) if k != "train.steps" and k in now and saved[k] != now[k]]
     if diff:
         shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in diff[:4])
         more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""

@@ -311,19 +311,17 @@ class Engine:
         """Past the time budget, or asked to stop by SIGINT/SIGTERM? Every rank gets the same
         answer (else one would stop while another waits for it in the next step's all-reduce):
         with several processes a signal is looked at on log steps, where all ranks meet anyway."""
-        if minutes is None and self.world == 1:
-            return self.signal is not None
+        late = minutes is not None and time.time() - self.t0 > 60 * minutes
+        if self.world == 1:
+            return late or self.signal is not None
         if minutes is None and self.step % self.tc.log_every:
             return False
-        late = minutes is not None and time.time() - self.t0 > 60 * minutes
         flags = torch.tensor([float(late), float(self.signal is not None)], device=self.device)
         if self.world > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
         if flags[1].item() > 0 and self.signal is None:
             self.signal = signal.SIGTERM  # another rank was stopped
         return bool(flags.sum().item() > 0)
-
-    out_of_time = should_stop
 
     def _catch_signals(self) -> None:
         """SIGINT/SIGTERM end the current step, write a checkpoint and exit (a second one exits at once)."""
