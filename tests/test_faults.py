@@ -497,3 +497,17 @@ def test_tampered_latent_sets_and_generator_configs_are_refused(model_dir, tmp_p
     write_pretrained(tmp_path / "gen", gen, to_dict(gen.config))
     argv = ["sample", "--dit", tmp_path / "gen", "--n", "2", "--out", tmp_path / "s.npz"]
     assert "lacks its autoencoder record" in _one_line_error(*_cli(argv, capsys))
+
+
+def test_resume_check_ignores_fields_added_since_the_checkpoint(tmp_path):
+    """A checkpoint written before a config field existed resumes (the field's default applies, as
+    for config.json); a field whose value differs does not."""
+    from epsvae.checkpoint import check_same_run
+
+    now = {"train": {"lr": 0.1, "steps": 9, "new_field": 3}}
+    old = {"step": 2, "config": json.dumps({"train": {"lr": 0.1, "steps": 4}})}
+    check_same_run(tmp_path, old, now, steps=9)
+    with pytest.raises(ValueError, match="train.lr: 0.2 in the checkpoint, 0.1 now"):
+        check_same_run(tmp_path, {**old, "config": json.dumps({"train": {"lr": 0.2}})}, now, steps=9)
+    with pytest.raises(ValueError, match="is at step 2; --steps 1 is below it"):
+        check_same_run(tmp_path, old, now, steps=1)
