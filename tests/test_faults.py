@@ -210,10 +210,11 @@ def test_an_interrupted_export_is_redone_and_stale_stats_rows_dropped(fmnist, tm
         f.write(json.dumps({"step": 4, "loss": 1.0}) + "\n" + '{"step": 5, "lo')
     (b / ".checkpoint.pt.999.deadbeef.tmp").write_bytes(b"half a checkpoint")
     (b / "checkpoint.pt.tmp").write_bytes(b"an older version's leftover")
+    (b / "model" / ".model.safetensors.999.deadbeef.tmp").write_bytes(b"half an export")
     assert _train(b, "--steps", "4") == 0
     assert json.loads((b / "model" / "config.json").read_text())["_step"] == 4
     assert _stat_steps(b) == [1, 2, 3, 4]
-    assert not list(b.glob("*.tmp")) and not list(b.glob(".*.tmp"))
+    assert not list(b.glob("*.tmp")) and not list(b.glob(".*.tmp")) and not list(b.glob("model/.*.tmp"))
     # a finished run started again re-exports only when model/ is behind its checkpoint
     c = tmp_path / "c"
     assert _train(c, "--steps", "2") == 0

@@ -130,10 +130,11 @@ def clean_leftovers(directory: Path) -> list[str]:
     """Remove temporary files of writers that were killed mid-write (ours: `.NAME.PID.XXXX.tmp`,
     and the fixed `NAME.tmp` names of older versions). Returns their names."""
     removed = []
-    for p in list(directory.glob(f".*{TMP_SUFFIX}")) + list(directory.glob(f"*{TMP_SUFFIX}")):
-        if p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
+    for where in (directory, directory / "model"):  # the run's own files and its export
+        for p in list(where.glob(f".*{TMP_SUFFIX}")) + list(where.glob(f"*{TMP_SUFFIX}")):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(str(p.relative_to(directory)))
     return sorted(set(removed))
 
 
