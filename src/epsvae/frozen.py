@@ -19,7 +19,6 @@ Nothing here imports diffusers: its files are read directly.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +37,15 @@ class FrozenEncoder:
 
     encoder: EncoderConfig
     image_channels: int
-    state: dict[str, torch.Tensor]  # epsvae Encoder state dict
+    state: dict[str, torch.Tensor]  # epsvae Encoder state dict (empty when read without weights)
     latent_mean: tuple[float, ...]
     latent_std: tuple[float, ...]
-    source: dict[str, Any]  # where it came from: format, path, weights digest
+    source: dict[str, Any]  # where it came from: format, path
 
 
-def read_frozen_encoder(path: str | Path) -> FrozenEncoder:
-    """The encoder of an epsvae model directory or a diffusers AutoencoderKL directory."""
+def read_frozen_encoder(path: str | Path, weights: bool = True) -> FrozenEncoder:
+    """The encoder of an epsvae model directory or a diffusers AutoencoderKL directory (without
+    `weights`: its config and latent statistics only, nothing read or converted beyond config.json)."""
     path = Path(path)
     if (path / "model_index.json").is_file() and (path / "vae").is_dir():  # a whole diffusers pipeline
         path = path / "vae"
@@ -53,36 +53,28 @@ def read_frozen_encoder(path: str | Path) -> FrozenEncoder:
         raise FileNotFoundError(f"--frozen-encoder {path}: no config.json (an epsvae model or diffusers AutoencoderKL)")
     data = read_json_config(path)
     if data.get("_class_name") == "AutoencoderKL":
-        return _from_diffusers(path, data)
+        return _from_diffusers(path, data, weights)
     if data.get("_class_name") in ("EpsilonVAE", "BaselineVAE"):
-        return _from_epsvae(path)
+        return _from_epsvae(path, weights)
     raise ConfigError(
         f"--frozen-encoder {path} holds a {data.get('_class_name')!r}; expected an epsvae model directory "
         "or a diffusers AutoencoderKL"
     )
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def _from_epsvae(path: Path) -> FrozenEncoder:
+def _from_epsvae(path: Path, weights: bool) -> FrozenEncoder:
     from safetensors.torch import load_file
 
     from .models import read_config
 
     cfg = read_config(path)
-    state = load_file(str(path / WEIGHTS_NAME))
+    state = load_file(str(path / WEIGHTS_NAME)) if weights else {}
     enc = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if cfg.latent_mean is None or cfg.latent_std is None:  # not yet measured: identity normalisation
         mean, std = (0.0,) * cfg.encoder.latent_channels, (1.0,) * cfg.encoder.latent_channels
     else:
         mean, std = tuple(cfg.latent_mean), tuple(cfg.latent_std)
-    source = {"format": "epsvae", "path": str(path.resolve()), "weights_sha256": _digest(path / WEIGHTS_NAME)}
+    source = {"format": "epsvae", "path": str(path.resolve())}
     return FrozenEncoder(cfg.encoder, cfg.image_channels, enc, mean, std, source)
 
 
@@ -115,25 +107,27 @@ def diffusers_encoder_config(data: dict[str, Any]) -> EncoderConfig:
     )
 
 
-def _from_diffusers(path: Path, data: dict[str, Any]) -> FrozenEncoder:
-    weights = next((path / n for n in DIFFUSERS_WEIGHTS if (path / n).is_file()), None)
-    if weights is None:
+def _from_diffusers(path: Path, data: dict[str, Any], weights: bool) -> FrozenEncoder:
+    file = next((path / n for n in DIFFUSERS_WEIGHTS if (path / n).is_file()), None)
+    if file is None:
         raise FileNotFoundError(f"{path} has no {' or '.join(DIFFUSERS_WEIGHTS)}")
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights))
-    else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
     cfg = diffusers_encoder_config(data)
-    enc = convert_diffusers_encoder(state, cfg, use_quant_conv=data.get("use_quant_conv", True))
+    enc = {}
+    if weights:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        enc = convert_diffusers_encoder(state, cfg, use_quant_conv=data.get("use_quant_conv", True))
     c = cfg.latent_channels
     if data.get("latents_mean") is not None and data.get("latents_std") is not None:
         mean, std = tuple(map(float, data["latents_mean"])), tuple(map(float, data["latents_std"]))
     else:  # diffusers pipelines use (z - shift) * scale
         scale, shift = float(data.get("scaling_factor", 0.18215)), float(data.get("shift_factor") or 0.0)
         mean, std = (shift,) * c, (1.0 / scale,) * c
-    source = {"format": "diffusers", "path": str(path.resolve()), "weights_sha256": _digest(weights)}
+    source = {"format": "diffusers", "path": str(path.resolve())}
     return FrozenEncoder(cfg, int(data.get("in_channels", 3)), enc, mean, std, source)
 
 
@@ -207,8 +201,8 @@ def convert_diffusers_encoder(
 
 def apply_frozen_encoder(cfg, path: str) -> FrozenEncoder:
     """Make a run's model config use the frozen encoder at `path` (its encoder, channels and latent
-    statistics), printing what changed; returns the encoder for the weights."""
-    frozen = read_frozen_encoder(path)
+    statistics), printing what changed. The weights are read when the run starts (`train`)."""
+    frozen = read_frozen_encoder(path, weights=False)
     model = cfg.model
     if model.encoder != frozen.encoder:
         print(f"[train] encoder config taken from the frozen encoder {path}")

@@ -82,7 +82,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = True, what: str = "") -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = True) -> Path:
     """Write `path` whole or not at all: `write(f)` fills a unique temporary file beside it, which is
     fsynced and renamed over `path` (the rename replaces a symbolic link, never follows it).
 
@@ -98,7 +98,7 @@ def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = Tr
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
         kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        raise RunIOError(f"{describe(exc, path)}{kept}{what}") from None
+        raise RunIOError(f"{describe(exc, path)}{kept}") from None
     _fsync_dir(path.parent)
     return path
 
