@@ -187,10 +187,6 @@ class TrainConfig:
         for name in ("compile", "channels_last"):
             if getattr(self, name) not in SWITCH:
                 raise ConfigError(f"train.{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ConfigError(f"train.micro_batch_size must be positive (or null), got {self.micro_batch_size}")
-        if self.loss.r1_subsample < 1:
-            raise ConfigError(f"train.loss.r1_subsample must be at least 1, got {self.loss.r1_subsample}")
 
     def switch(self, name: str, device: torch.device | str) -> bool:
         """Whether a performance switch ('auto' = on with CUDA) is on for `device`."""
@@ -358,9 +354,10 @@ _RANGES: dict[str, dict[str, str]] = {
     "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)"},
     "AutoencoderConfig": {"image_channels": "[1,4]", "image_size": "[1,inf)"},
     "LossConfig": {"velocity_weight": "[0,inf)", "perceptual_weight": "[0,inf)", "adv_weight": "[0,inf)",
-                   "disc_start": "[0,inf)", "r1_weight": "[0,inf)", "r1_every": "[1,inf)", "x0_l1_weight": "[0,inf)",
-                   "recon_weight": "[0,inf)", "kl_weight": "[0,inf)"},
-    "TrainConfig": {"resolution": "[1,inf)", "steps": "[1,inf)", "batch_size": "[1,inf)", "lr": "[0,inf)",
+                   "disc_start": "[0,inf)", "r1_weight": "[0,inf)", "r1_every": "[1,inf)", "r1_subsample": "[1,inf)",
+                   "x0_l1_weight": "[0,inf)", "recon_weight": "[0,inf)", "kl_weight": "[0,inf)"},
+    "TrainConfig": {"resolution": "[1,inf)", "steps": "[1,inf)", "batch_size": "[1,inf)",
+                    "micro_batch_size": "[1,inf)", "lr": "[0,inf)",
                     "disc_lr": "[0,inf)", "warmup": "[0,inf)", "beta1": "[0,1)", "beta2": "[0,1)",
                     "grad_clip": "[0,inf)", "ema": "(0,1)", "num_workers": "[0,inf)", "log_every": "[1,inf)",
                     "ckpt_every": "[1,inf)", "sample_every": "[1,inf)", "eval_every": "[0,inf)",
@@ -368,7 +365,8 @@ _RANGES: dict[str, dict[str, str]] = {
     "DiTConfig": {"hidden": "[1,inf)", "depth": "[1,inf)", "heads": "[1,inf)", "patch_size": "[1,inf)",
                   "mlp_ratio": "(0,inf)", "num_classes": "[0,inf)", "latent_channels": "[1,inf)",
                   "latent_size": "[1,inf)"},
-    "GeneratorTrainConfig": {"steps": "[1,inf)", "batch_size": "[1,inf)", "lr": "(0,inf)", "warmup": "[0,inf)",
+    "GeneratorTrainConfig": {"steps": "[1,inf)", "batch_size": "[1,inf)", "micro_batch_size": "[1,inf)",
+                             "lr": "(0,inf)", "warmup": "[0,inf)",
                              "beta1": "[0,1)", "beta2": "[0,1)", "weight_decay": "[0,inf)", "grad_clip": "[0,inf)",
                              "ema": "(0,1)", "t_std": "(0,inf)", "log_every": "[1,inf)", "ckpt_every": "[1,inf)",
                              "sample_every": "[1,inf)", "sample_steps": "[1,inf)", "sample_cfg": "[0,inf)"},

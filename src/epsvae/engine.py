@@ -357,8 +357,9 @@ class Engine:
     # ------------------------------------------------------------------ the end
 
     def export_due(self, summary: dict) -> bool:
-        """Export model/ after a session that trained, or if it is missing: a finished run started
-        again leaves model/ (and the latent statistics encode-dataset may have put there) alone."""
+        """Export model/ when it is missing or its recorded step is not the checkpoint's (also after a
+        kill between the last checkpoint and the export); an up-to-date model/ (and the latent
+        statistics encode-dataset may have put there) is left alone."""
         from .models import WEIGHTS_NAME
 
         if not (self.run_dir / "model" / WEIGHTS_NAME).is_file():
