@@ -78,3 +78,38 @@ def test_time_samplers():
     assert shifted.median() > 0.7
     with pytest.raises(ValueError, match="unknown time sampler"):
         flow.sample_t("beta", 3)
+
+
+def test_time_mixtures_put_the_asked_mass_on_uniform_and_grid_points():
+    n = 200_000
+    base = flow.sample_t("logit-normal", n, generator=torch.Generator().manual_seed(1))
+    same = flow.sample_t_mixed("logit-normal", n, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(base, same)  # no mixture: the same draws as before the option existed
+    points = flow.grid_reversed_log(3)[:-1]  # 1, 0.913, 0.766
+    g = torch.Generator().manual_seed(2)
+    t = flow.sample_t_mixed("logit-normal", n, uniform_mix=0.2, grid_points=points, grid_mix=0.3, generator=g)
+    on_grid = torch.isin(t, points)
+    assert abs(on_grid.float().mean().item() - 0.3) < 0.005
+    for p in points:  # uniformly over the grid's points
+        assert abs((t == p).float().mean().item() - 0.1) < 0.004
+    # off the grid, mass above 0.91: logit-normal alone puts 1.0% there (P(N(0,1) > logit 0.91)), U(0, 1) 9%
+    p_ln = 0.5 * math.erfc(math.log(0.91 / 0.09) / math.sqrt(2))
+    high = (t[~on_grid] > 0.91).float().mean().item() * 0.7
+    assert abs(high - (0.5 * p_ln + 0.2 * 0.09)) < 0.001
+    with pytest.raises(ValueError, match="sum <= 1"):
+        flow.sample_t_mixed("uniform", 3, uniform_mix=0.6, grid_points=points, grid_mix=0.5)
+    with pytest.raises(ValueError, match="grid's non-zero points"):
+        flow.sample_t_mixed("uniform", 3, grid_mix=0.5)
+
+
+def test_model_trains_on_its_grid_points_when_asked():
+    from epsvae import ConfigError, EpsilonVAE
+    from epsvae.config import apply_overrides
+
+    from conftest import tiny_config
+
+    cfg = apply_overrides(tiny_config(), {"flow.t_grid_mix": 1.0, "flow.grid": "uniform", "flow.steps": 4})
+    t = EpsilonVAE(cfg).draw(1000, (16, 16), torch.Generator().manual_seed(0))["t"]
+    assert set(t.unique().tolist()) == {1.0, 0.75, 0.5, 0.25}
+    with pytest.raises(ConfigError, match="at most 1"):
+        apply_overrides(tiny_config(), {"flow.t_grid_mix": 0.7, "flow.t_uniform_mix": 0.5})

@@ -229,3 +229,46 @@ def test_gradient_checkpointing_same_gradients():
     ckpt = grads()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ckpt, strict=True))
     assert all(g.abs().sum() > 0 for g in ckpt[:3])
+
+
+def test_discriminator_heads_and_group_norm_width():
+    from epsvae.config import DiscriminatorConfig
+    from epsvae.nn.discriminator import Discriminator, minibatch_std
+
+    pair, t = torch.randn(4, 2, 16, 16), torch.rand(4)
+    shapes = {"pool": (4,), "stylegan": (4,), "patch": (4, 16)}  # 2 blocks: 16 px -> 4x4 = 16 patches
+    for head, shape in shapes.items():
+        d = Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2), head=head), 1)
+        assert d(pair, t).shape == shape, head
+    # groups: default 32 groups (instance norm at <= 32 channels); group_channels=4 -> 2 groups at 8 channels
+    d = Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2), group_channels=4), 1)
+    assert d.blocks[0].norm1.norm.num_groups == 2 and d.blocks[1].norm1.norm.num_groups == 2
+    assert Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2)), 1).blocks[0].norm1.norm.num_groups == 8
+    with pytest.raises(ValueError, match="at least 16 px"):
+        Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2), head="stylegan"), 1)(pair[:, :, :8, :8], t)
+    # minibatch std: the std over each group of images (i, i + N/G, ...), averaged, as an extra channel
+    x = torch.randn(6, 3, 2, 2)
+    y = minibatch_std(x, 4)  # 6 images: groups of 3 (the largest divisor of 6 not above 4)
+    assert y.shape == (6, 4, 2, 2)
+    for i in range(6):
+        members = x[[i % 2, i % 2 + 2, i % 2 + 4]]
+        ref = (members.var(0, unbiased=False) + 1e-8).sqrt().mean()
+        torch.testing.assert_close(y[i, 3], ref.expand(2, 2))
+    same = minibatch_std(torch.ones(4, 2, 2, 2), 4)[:, 2]
+    assert same.max() < 1e-3  # identical images: no spread
+
+
+def test_discriminator_config_is_checked():
+    from epsvae.config import apply_overrides
+
+    for key, value, match in [
+        ("model.discriminator.head", "global", "must be 'pool', 'stylegan' or 'patch'"),
+        ("model.discriminator.group_channels", -1, "at least 0"),
+        ("model.discriminator.mbstd_group", 0, "at least 1"),
+        ("train.loss.adv_weighting", "vqgan", "'fixed' or 'adaptive'"),
+        ("train.loss.adv_ramp", -5, "at least 0"),
+    ]:
+        from epsvae.presets import run_config
+
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(run_config("eps-fmnist"), {key: value})

@@ -121,6 +121,84 @@ def test_discriminator_sees_trajectory_pairs():
     assert losses.discriminator_adv(torch.tensor([100.0]), torch.tensor([-100.0])) < 1e-6
 
 
+@pytest.mark.parametrize("kind", ["epsilon", "vae"])
+def test_adaptive_adversarial_weight_is_vqgans_gradient_norm_ratio(kind):
+    model, disc, perceptual = _setup(kind)
+    model.config.encoder.gaussian = False
+    lc = TrainConfig().loss
+    lc.adv_weighting = "adaptive"
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    draws = model.draw(2, (16, 16), torch.Generator().manual_seed(0))
+    loss, terms, _ = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=True, draws=draws, adv_scale=0.5)
+    # by hand: the gradient norms of the other terms and of the adversarial term at the decoder's output conv
+    w = model.last_layer
+    other = terms["velocity" if kind == "epsilon" else "recon"] + lc.perceptual_weight * terms["perceptual"]
+    g_other = torch.autograd.grad(other, w, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(terms["adv"], w, retain_graph=True)[0].norm()
+    lam = g_other / (g_adv + 1e-4)
+    torch.testing.assert_close(terms["adv_lambda"], lam)
+    torch.testing.assert_close(loss, other + lc.adv_weight * 0.5 * lam * terms["adv"])
+    # lambda is a constant: the loss's gradient is that of other + const * adv
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    got = w.grad.clone()
+    model.zero_grad()
+    (other + (lc.adv_weight * 0.5 * lam).detach() * terms["adv"]).backward()
+    torch.testing.assert_close(got, w.grad)
+    with torch.no_grad():  # evaluation: no graph, the unweighted term
+        _, terms, _ = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=True, draws=draws)
+    assert terms["adv_lambda"] == 1.0
+
+
+def test_adversarial_ramp_and_r1_heuristic():
+    lc = TrainConfig().loss
+    lc.disc_start, lc.adv_ramp = 10, 4
+    assert [losses.adv_ramp(lc, s) for s in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    lc.adv_ramp = 0
+    assert [losses.adv_ramp(lc, s) for s in (9, 10)] == [0.0, 1.0]  # the hard switch, as before
+    lc.adv_weight = 0.0
+    assert losses.adv_ramp(lc, 100) == 0.0
+    assert losses.r1_weight(lc, (32, 32), 64) == lc.r1_weight == 10.0
+    lc.r1_heuristic = True  # StyleGAN2-ADA: 0.0002 * H * W / batch (0.2048 at 256 px, batch 64)
+    assert losses.r1_weight(lc, (256, 256), 64) == pytest.approx(0.2048)
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    model, disc, _ = _setup("epsilon")
+    _, _, out = autoencoder_loss(model, x, TrainConfig().loss)
+    torch.manual_seed(0)
+    _, t1 = discriminator_loss(disc, x, out, lc, r1_step=True, r1_weight=1.0)
+    _, t3 = discriminator_loss(disc, x, out, lc, r1_step=True, r1_weight=3.0)
+    torch.testing.assert_close(t3["disc"] - t1["disc"], 0.5 * 2.0 * lc.r1_every * t1["r1"])
+
+
+def test_patch_and_stylegan_heads_train_through_both_losses(fmnist, tmp_path):
+    """Per-patch logits (N, P) go through the generator, discriminator and R1 terms; a short run with
+    every new option trains, resumes bitwise and logs the adaptive weight."""
+    from epsvae.config import DiscriminatorConfig
+    from epsvae.nn.discriminator import Discriminator
+
+    model, _, perceptual = _setup("epsilon")
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    for head in ("patch", "stylegan"):
+        disc = Discriminator(DiscriminatorConfig(channels=4, channel_mult=(1, 2), head=head), 1)
+        _, terms, out = autoencoder_loss(model, x, TrainConfig().loss, perceptual, disc, adv_on=True)
+        loss, d_terms = discriminator_loss(disc, x, out, TrainConfig().loss, r1_step=True)
+        loss.backward()
+        assert torch.isfinite(terms["adv"]) and d_terms["r1"] > 0, head
+        assert all(p.grad is not None for p in disc.parameters()), head
+    options = ["--set", "model.discriminator.head=patch", "--set", "model.discriminator.group_channels=2",
+               "--set", "train.loss.adv_weighting=adaptive", "--set", "train.loss.adv_ramp=3",
+               "--set", "train.loss.r1_heuristic=true", "--set", "model.flow.t_grid_mix=0.25",
+               "--set", "model.flow.t_uniform_mix=0.25"]  # fmt: skip
+    assert _train(tmp_path / "a", "--steps", "2", *options) == 0
+    assert _train(tmp_path / "a", "--steps", "4", *options) == 0
+    assert _train(tmp_path / "b", "--steps", "4", *options) == 0
+    a = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
+    lam = [r["adv_lambda"] for r in rows if "adv_lambda" in r]
+    assert len(lam) == 3 and all(v > 0 for v in lam)  # steps 1..3 are adversarial (disc_start=1)
+
+
 def test_resume_is_bitwise_identical(fmnist, tmp_path):
     assert _train(tmp_path / "a", "--steps", "3") == 0
     assert _train(tmp_path / "a", "--steps", "6") == 0

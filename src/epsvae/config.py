@@ -63,6 +63,13 @@ class DiscriminatorConfig:
 
     channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 4, 4, 4)  # one blurred x2 downsampling per entry
+    group_channels: int = 0  # channels per GroupNorm group in AdaGN; 0: 32 groups (1 channel each at 32)
+    head: str = "pool"  # 'pool' (global mean, one logit), 'stylegan' (minibatch std, flatten at 4x4), 'patch'
+    mbstd_group: int = 4  # stylegan head: images per minibatch-std group
+
+    def __post_init__(self) -> None:
+        if self.head not in ("pool", "stylegan", "patch"):
+            raise ConfigError(f"discriminator.head must be 'pool', 'stylegan' or 'patch', got {self.head!r}")
 
 
 @dataclass
@@ -73,8 +80,18 @@ class FlowConfig:
     t_sampler: str = "logit-normal"  # training time sampler: 'logit-normal' or 'uniform'
     t_mean: float = 0.0
     t_std: float = 1.0
+    # fractions of training times drawn instead from U(0, 1), and from the points of the
+    # default decoding grid (`grid`, `steps`, t > 0), where few-step decoding evaluates
+    t_uniform_mix: float = 0.0
+    t_grid_mix: float = 0.0
     grid: str = "reversed-log"  # inference grid: 'reversed-log' or 'uniform'
     steps: int = 3  # default decoding steps
+
+    def __post_init__(self) -> None:
+        if self.t_uniform_mix + self.t_grid_mix > 1:
+            raise ConfigError(
+                f"flow.t_uniform_mix + flow.t_grid_mix must be at most 1, got {self.t_uniform_mix + self.t_grid_mix}"
+            )
 
 
 @dataclass
@@ -137,13 +154,22 @@ class LossConfig:
     perceptual_weight: float = 0.5
     adv_weight: float = 0.5
     disc_start: int = 0  # step at which the adversarial term (and discriminator training) starts
+    adv_ramp: int = 0  # steps over which the adversarial weight ramps linearly in after disc_start (0: a hard switch)
+    # 'fixed': adv_weight as is; 'adaptive': adv_weight times VQGAN's ratio of the gradient norms
+    # of the other terms and of the adversarial term at the decoder's last layer
+    adv_weighting: str = "fixed"
     r1_weight: float = 10.0
+    r1_heuristic: bool = False  # StyleGAN2-ADA's R1 weight 0.0002 * H * W / batch_size instead of r1_weight
     r1_every: int = 4  # lazy R1: every k discriminator steps, scaled by k
     r1_subsample: int = 1  # R1 on every k-th image of the batch only (an unbiased estimate, k times cheaper)
     x0_l1_weight: float = 0.0  # ε-VAE: optional L1 on the one-step estimate x0_hat (not in the paper)
     recon: str = "l1"  # VAE reconstruction loss: 'l1' or 'l2'
     recon_weight: float = 1.0
     kl_weight: float = 1e-6  # used only with a Gaussian posterior
+
+    def __post_init__(self) -> None:
+        if self.adv_weighting not in ("fixed", "adaptive"):
+            raise ConfigError(f"loss.adv_weighting must be 'fixed' or 'adaptive', got {self.adv_weighting!r}")
 
 
 @dataclass
@@ -350,11 +376,12 @@ _RANGES: dict[str, dict[str, str]] = {
                       "out_kernel": "[1,inf)", "latent_channels": "[1,inf)"},
     "DecoderConfig": {"channels": "[1,inf)", "num_res_blocks": "[0,inf)", "head_channels": "[1,inf)",
                       "dropout": "[0,1)"},
-    "DiscriminatorConfig": {"channels": "[1,inf)"},
-    "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)"},
+    "DiscriminatorConfig": {"channels": "[1,inf)", "group_channels": "[0,inf)", "mbstd_group": "[1,inf)"},
+    "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)", "t_uniform_mix": "[0,1]", "t_grid_mix": "[0,1]"},
     "AutoencoderConfig": {"image_channels": "[1,4]", "image_size": "[1,inf)"},
     "LossConfig": {"velocity_weight": "[0,inf)", "perceptual_weight": "[0,inf)", "adv_weight": "[0,inf)",
-                   "disc_start": "[0,inf)", "r1_weight": "[0,inf)", "r1_every": "[1,inf)", "r1_subsample": "[1,inf)",
+                   "disc_start": "[0,inf)", "adv_ramp": "[0,inf)",
+                   "r1_weight": "[0,inf)", "r1_every": "[1,inf)", "r1_subsample": "[1,inf)",
                    "x0_l1_weight": "[0,inf)", "recon_weight": "[0,inf)", "kl_weight": "[0,inf)"},
     "TrainConfig": {"resolution": "[1,inf)", "steps": "[1,inf)", "batch_size": "[1,inf)",
                     "micro_batch_size": "[1,inf)", "lr": "[0,inf)",

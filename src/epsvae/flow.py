@@ -74,6 +74,41 @@ def sample_t(name: str, n: int, mean: float = 0.0, std: float = 1.0, generator=N
     raise ValueError(f"unknown time sampler {name!r}; use 'logit-normal' or 'uniform'")
 
 
+def sample_t_mixed(
+    name: str,
+    n: int,
+    mean: float = 0.0,
+    std: float = 1.0,
+    uniform_mix: float = 0.0,
+    grid_points: torch.Tensor | None = None,
+    grid_mix: float = 0.0,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
+    """Training times that also put mass where few-step decoding evaluates, shape (n,).
+
+    Each t comes from `name` (e.g. logit-normal, shifted by `mean`), except that, per
+    sample, with probability `uniform_mix` it is U(0, 1) instead, and with probability
+    `grid_mix` one of `grid_points` (the inference grid's non-zero times, uniformly).
+    With both fractions 0 this is `sample_t`, drawing exactly the same numbers (so runs
+    started before these options continue unchanged).
+    """
+    t = sample_t(name, n, mean, std, generator, device)
+    if not uniform_mix and not grid_mix:
+        return t
+    if uniform_mix < 0 or grid_mix < 0 or uniform_mix + grid_mix > 1:
+        raise ValueError(f"uniform_mix {uniform_mix} and grid_mix {grid_mix} must be >= 0 with a sum <= 1")
+    u = torch.rand(n, generator=generator, device=device)
+    t = torch.where(u < uniform_mix, torch.rand(n, generator=generator, device=device), t)
+    if grid_mix:
+        if grid_points is None or grid_points.numel() == 0:
+            raise ValueError("grid_mix needs the grid's non-zero points")
+        pts = grid_points.to(device=t.device, dtype=t.dtype)
+        pick = pts[torch.randint(len(pts), (n,), generator=generator, device=device)]
+        t = torch.where((u >= uniform_mix) & (u < uniform_mix + grid_mix), pick, t)
+    return t
+
+
 # --------------------------------------------------------------------------- inference grids
 
 

@@ -3,6 +3,12 @@
 ε-VAE:  L = L_velocity + 0.5 L_perceptual(x0_hat, x0) + 0.5 L_adv(trajectory pair)
 VAE:    L = L1(x_hat, x)  + 0.5 L_perceptual(x_hat, x)   + 0.5 L_adv(image)
 Discriminator: non-saturating loss, lazy R1 on real inputs (StyleGAN2's regularisation).
+
+Options beyond the paper (LossConfig): the adversarial weight can ramp in over
+`adv_ramp` steps, and be scaled VQGAN-style by the ratio of gradient norms at the
+decoder's last layer (`adv_weighting='adaptive'`); the R1 weight can follow
+StyleGAN2-ADA's heuristic (`r1_heuristic`). Logits may be per image (N,) or per patch
+(N, P); every loss averages over all of them.
 """
 
 from __future__ import annotations
@@ -51,6 +57,29 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
     return _wide(grad).pow(2).flatten(1).sum(1).mean()
 
 
+def adaptive_weight(other: torch.Tensor, adv: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """VQGAN's adaptive weight: |grad_w other| / (|grad_w adv| + 1e-4) at the decoder's last layer w,
+    clamped to [0, 1e4] and detached (Esser et al. 2021, eq. 7)."""
+    (g_other,) = torch.autograd.grad(other, last_layer, retain_graph=True)
+    (g_adv,) = torch.autograd.grad(adv, last_layer, retain_graph=True)
+    return (_wide(g_other).norm() / (_wide(g_adv).norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def r1_weight(lc, image_size: tuple[int, int], batch_size: int) -> float:
+    """The R1 weight of a run: `r1_weight`, or StyleGAN2-ADA's 0.0002 * H * W / batch with `r1_heuristic`."""
+    if lc.r1_heuristic:
+        return 0.0002 * image_size[0] * image_size[1] / batch_size
+    return lc.r1_weight
+
+
+def adv_ramp(lc, step: int) -> float:
+    """The adversarial weight's multiplier at `step`: 0 before `disc_start`, then a linear ramp over
+    `adv_ramp` steps (1 at once when 0)."""
+    if not lc.adv_weight or step < lc.disc_start:
+        return 0.0
+    return 1.0 if lc.adv_ramp <= 0 else min(1.0, (step - lc.disc_start + 1) / lc.adv_ramp)
+
+
 def disc_pair(image: torch.Tensor, x_t: torch.Tensor | None) -> torch.Tensor:
     """The discriminator's input. ε-VAE: (x0 or x0_hat, x_t) on channels (trajectory matching).
     VAE: (image, zeros), so the same discriminator judges plain images."""
@@ -60,12 +89,15 @@ def disc_pair(image: torch.Tensor, x_t: torch.Tensor | None) -> torch.Tensor:
 # --------------------------------------------------------------------------- one step's losses
 
 
-def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None, draws=None):
+def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None, draws=None, adv_scale=1.0):
     """(weighted loss, {term: value}, forward output) of one autoencoder step.
 
     `model` may be DDP-wrapped; `disc` must be the unwrapped discriminator: it is
     frozen for this call, so the loss trains the autoencoder alone. The forward's
     randomness comes from `draws` (`Autoencoder.draw`, sliced) or else `generator`.
+    `adv_scale` multiplies the adversarial weight (the ramp-in, see `adv_ramp`); with
+    `lc.adv_weighting == 'adaptive'` it is further scaled by `adaptive_weight`, recorded
+    as the term `adv_lambda` (not part of the loss).
     """
     raw = getattr(model, "module", model)
     kind = raw.config.kind
@@ -94,19 +126,28 @@ def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, gen
         "x0_l1": lc.x0_l1_weight,
         "recon": lc.recon_weight,
         "perceptual": lc.perceptual_weight,
-        "adv": lc.adv_weight,
-        "kl": lc.kl_weight,
     }
-    return sum(weights[k] * v for k, v in terms.items()), terms, out
+    loss = sum(weights[k] * v for k, v in terms.items() if k in weights)
+    if "adv" in terms:
+        adv_w = lc.adv_weight * adv_scale
+        if lc.adv_weighting == "adaptive":  # without a graph (evaluation) the ratio is undefined: 1
+            lam = adaptive_weight(loss, terms["adv"], raw.last_layer) if torch.is_grad_enabled() else 1.0
+            adv_w = adv_w * lam
+            terms["adv_lambda"] = torch.as_tensor(lam, dtype=torch.float32)
+        loss = loss + adv_w * terms["adv"]
+    if "kl" in terms:
+        loss = loss + lc.kl_weight * terms["kl"]
+    return loss, terms, out
 
 
-def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.nullcontext):
+def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.nullcontext, r1_weight=None):
     """(loss, {term: value}) of one discriminator step on real and fake pairs.
 
     ε-VAE: real (x0, x_t), fake (x0_hat, x_t), conditioned on t (trajectory matching).
     VAE: real x, fake x_hat. The autoencoder's outputs are detached: this loss trains
     the discriminator alone. R1 (lazy, every `r1_every` steps, on every `r1_subsample`-th
-    pair) is computed in fp32.
+    pair) is computed in fp32. `r1_weight` (default `lc.r1_weight`) is the run's weight,
+    see `r1_weight()`.
     """
     if hasattr(out, "x0_hat"):
         recon, x_t, t = out.x0_hat.detach(), out.x_t.detach(), out.t.detach()
@@ -127,6 +168,7 @@ def discriminator_loss(disc, x, out, lc, r1_step: bool, autocast=contextlib.null
             with autocast():
                 sub_logits = disc(sub, t[::k])
             terms["r1"] = r1_penalty(sub_logits, sub)
-        loss = loss + 0.5 * lc.r1_weight * lc.r1_every * terms["r1"]
+        weight = lc.r1_weight if r1_weight is None else r1_weight
+        loss = loss + 0.5 * weight * lc.r1_every * terms["r1"]
     terms["disc"] = loss
     return loss, terms

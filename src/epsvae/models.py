@@ -215,10 +215,23 @@ class EpsilonVAE(Autoencoder):
         scale = flow.input_scale(t, self.config.flow.gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
         return self.decoder(x_t * scale, t, z)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output conv weight (VQGAN's adaptive adversarial weight compares gradients here)."""
+        return self.decoder.out_conv.weight
+
+    def sample_t(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """Training times (N,) from the config's sampler and its uniform / grid-point mixtures."""
+        fc = self.config.flow
+        points = flow.make_grid(fc.grid, fc.steps)[:-1] if fc.t_grid_mix else None
+        return flow.sample_t_mixed(
+            fc.t_sampler, n, fc.t_mean, fc.t_std, fc.t_uniform_mix, points, fc.t_grid_mix, generator, device
+        )
+
     def draw(self, n: int, size: tuple[int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
         out = super().draw(n, size, generator)
-        fc, device = self.config.flow, generator.device
-        out["t"] = flow.sample_t(fc.t_sampler, n, fc.t_mean, fc.t_std, generator, device)
+        device = generator.device
+        out["t"] = self.sample_t(n, generator, device)
         shape = (n, self.config.image_channels, *size)
         out["noise"] = torch.randn(shape, generator=generator, device=device)
         return out
@@ -239,7 +252,7 @@ class EpsilonVAE(Autoencoder):
         n = x.shape[0]
         if t is None:
             device = generator.device if generator is not None else x.device
-            t = flow.sample_t(fc.t_sampler, n, fc.t_mean, fc.t_std, generator, device)
+            t = self.sample_t(n, generator, device)
         t = t.to(x.device)
         noise = randn_like(x, generator) if noise is None else noise.to(x)
         x_t = flow.interpolate(x, noise, t, fc.gamma)
@@ -296,6 +309,11 @@ class BaselineVAE(Autoencoder):
     ) -> VAEOutput:
         z, kl = self._posterior_sample(x, generator, posterior_noise)
         return VAEOutput(z, self.decoder(z), kl)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output conv weight (VQGAN's adaptive adversarial weight compares gradients here)."""
+        return self.decoder.layers[-1].weight
 
     def decode(self, z: torch.Tensor, **_ignored: Any) -> torch.Tensor:
         """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f). Step/grid arguments are accepted and ignored."""

@@ -221,6 +221,7 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
             metrics, recon = check.measure(ema)
             eng.write_row(metrics, {"val/originals_reconstructions": torch.cat([check.x[:8], recon])})
 
+    r1_w = losses.r1_weight(lc, (resolution, resolution), tc.batch_size)
     eng.start(minutes)
     if eng.step == 0:
         sample_grid()
@@ -231,14 +232,17 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         draws = eng.my_share(raw_model.draw(tc.batch_size, tuple(x.shape[-2:]), gen))
         lr_scale = eng.warmup_lr([(opt, tc.lr), (opt_d, tc.disc_lr)])
-        adv_on = bool(lc.adv_weight) and eng.step >= lc.disc_start
+        adv_scale = losses.adv_ramp(lc, eng.step)  # 0 before disc_start, then (ramping to) 1
+        adv_on = adv_scale > 0
 
         # ---- autoencoder step (discriminator frozen), accumulated over micro-batches
         outs = []
         for i, (xm, dm) in eng.micro_batches(x, draws):
             with eng.no_sync(model, i):
                 with acc.autocast():
-                    loss, terms, out = losses.autoencoder_loss(model, xm, lc, perceptual, raw_disc, adv_on, draws=dm)
+                    loss, terms, out = losses.autoencoder_loss(
+                        model, xm, lc, perceptual, raw_disc, adv_on, draws=dm, adv_scale=adv_scale
+                    )
                 eng.backward(loss)
             outs.append(type(out)(*(v.detach() for v in out)))
             eng.record({**terms, "loss": loss})
@@ -248,10 +252,12 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
         eng.ema_update(ema, raw_model)
         # ---- discriminator step on the same pairs (autoencoder outputs detached)
         if adv_on:
-            r1_step = lc.r1_weight > 0 and eng.step % lc.r1_every == 0
+            r1_step = r1_w > 0 and eng.step % lc.r1_every == 0
             for i, (xm,) in eng.micro_batches(x):
                 with eng.no_sync(disc, i):
-                    d_loss, d_terms = losses.discriminator_loss(disc, xm, outs[i], lc, r1_step, acc.autocast)
+                    d_loss, d_terms = losses.discriminator_loss(
+                        disc, xm, outs[i], lc, r1_step, acc.autocast, r1_weight=r1_w
+                    )
                     eng.backward(d_loss)
                 eng.record(d_terms)
             eng.step_optimizer(disc, opt_d)
