@@ -26,13 +26,14 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def write_fake_fashion_mnist(root: Path, n_train: int = 64, n_test: int = 32) -> Path:
-    """Four idx files: bright squares whose size encodes the label (10 classes)."""
+def write_fake_fashion_mnist(root: Path, n_train: int = 64, n_test: int = 32, noise: int = 40) -> Path:
+    """Four idx files: bright squares whose size encodes the label (10 classes), on a background
+    of uniform noise below `noise` (1: a flat black background, as Fashion-MNIST's)."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % 10
-        images = rng.integers(0, 40, size=(n, 28, 28))
+        images = rng.integers(0, noise, size=(n, 28, 28))
         for i, y in enumerate(labels):
             s = 4 + 2 * y
             images[i, 14 - s // 2 : 14 + s // 2, 14 - s // 2 : 14 + s // 2] = 200 + 5 * y

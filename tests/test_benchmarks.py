@@ -338,3 +338,54 @@ def test_decode_memory_quick(tmp_path):
     assert all(r["max_abs_vs_untiled"] < 1e-4 for r in tiled)  # the tiled image is the untiled one
     assert [(r["batch"], r["sliced"]) for r in rows[-2:]] == [(1, False), (4, True)]
     assert (tmp_path / "decode_memory.png").stat().st_size > 0 and not (tmp_path / "images").exists()
+
+
+def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
+    """The flat-black mask keeps 2 px away from anything bright; the statistics read back a known
+    noise; the script runs on a tiny ε-VAE (named and explicit grids, raw weights) and a VAE."""
+    import torch
+
+    from epsvae.cli import main
+
+    from helpers import TINY, write_fake_fashion_mnist
+
+    monkeypatch.setenv("EPSVAE_DATA", str(write_fake_fashion_mnist(tmp_path / "black", noise=1)))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from speckle import flat_mask, speckle_stats
+
+    x = -torch.ones(1, 1, 12, 12)
+    x[..., 5, 5] = 0.5
+    mask = flat_mask(x)
+    assert not mask[..., 3:8, 3:8].any() and mask[..., 2, :].all() and mask.sum() == 144 - 25
+    clean = speckle_stats([x.clone()], x, mask)
+    assert clean["flat_std"] == 0 and clean["flat_mean"] == 0 and clean["flat_p99"] == 0
+    g = torch.Generator().manual_seed(0)
+    noisy = [x + 0.1 * torch.randn(x.shape, generator=g).abs() for _ in range(2)]
+    stats = speckle_stats(noisy, x, mask)
+    assert 0.04 < stats["flat_std"] < 0.08 and 0.06 < stats["flat_mean"] < 0.1  # half-normal: std 0.06, mean 0.08
+    assert 0.04 < stats["seed_std"] < 0.08  # independent noise: all of the spread comes from the seed
+
+    from epsvae import BaselineVAE
+    from epsvae.config import apply_overrides
+    from epsvae.presets import model_config
+
+    train = ["train", "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(tmp_path / "eps")]
+    assert main([*train, *TINY, "--steps", "2"]) == 0
+    BaselineVAE(
+        apply_overrides(model_config("vae-fmnist"), ["encoder.channels=4", "decoder.channels=4"])
+    ).save_pretrained(tmp_path / "vae")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "speckle.py"), "--limit", "8", "--raw", "--out", str(tmp_path / "s"),
+         "--models", f"eps={tmp_path / 'eps'},vae={tmp_path / 'vae'}",
+         "--decode-steps", "1,3", "--grids", "uniform,1:0.5:0.1:0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "s" / "speckle.json").read_text())["rows"]
+    eps = [(r["weights"], r["grid"], r["steps"]) for r in rows if r["model"] == "eps"]
+    assert eps[:3] == [("ema", "uniform", 1), ("ema", "uniform", 3), ("ema", "1:0.5:0.1:0", 3)]
+    assert len(eps) == 6 and eps[3:] == [("raw", *e[1:]) for e in eps[:3]]
+    vae = [r for r in rows if r["model"] == "vae"]
+    assert len(vae) == 1 and "seed_std" not in vae[0] and vae[0]["flat_pixels"] > 0
+    # the largest square (label 9) is 22 px: at least the 32x32 frame minus the 26x26 around it is flat
+    assert all(r["flat_pixels"] >= 8 * (32**2 - 26**2) and r["flat_std"] >= 0 and r["psnr"] > 0 for r in rows)

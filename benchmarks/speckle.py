@@ -1,0 +1,168 @@
+"""Residual noise in flat regions: the grey speckle of few-step ε-VAE decodes on black backgrounds.
+
+    python benchmarks/speckle.py --models vae=DIR,eps=DIR [--decode-steps 1,2,3]
+        [--grids reversed-log,uniform] [--limit N] [--out results/speckle] [--raw]
+
+Each DIR is an exported model or a run directory (its model/ is used). For every test
+image, the flat-black mask holds the pixels whose 5x5 neighbourhood in the original is
+entirely at the data's minimum (-1: Fashion-MNIST's background and padding). Per model,
+grid and step count, over the mask:
+
+- `flat_std`: standard deviation of the decoded pixels (0 for a clean black background);
+- `flat_mean`: mean offset of the decoded pixels from black (after clamping to [-1, 1],
+  as images are written);
+- `flat_p99`: 99th percentile of |decoded - original| (the visible specks);
+- `seed_std`: standard deviation of the difference between two decodes of the same latents
+  with different noise, over sqrt(2): the part of the speckle that comes from the initial
+  noise (equal to flat_std when all of it does, 0 when the decode is deterministic);
+- `psnr`: over whole images, for reference (sharpness must not be lost to a fix).
+
+Grids: 'reversed-log', 'uniform', or explicit decreasing times like '1:0.9:0.5:0' (the
+last Euler step's size is where a flat region's residual noise is decided: the last
+update jumps from t_k to 0 using the velocity at t_k, so an error e in the velocity
+leaves t_k e / γ in the image). `--raw` adds the run's non-EMA weights (a run directory's
+checkpoint) beside the EMA ones, to separate EMA's part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _common import new_result  # noqa: E402
+
+from epsvae.checkpoint import load_checkpoint  # noqa: E402
+from epsvae.data import iter_batches, open_dataset  # noqa: E402
+from epsvae.metrics import psnr  # noqa: E402
+from epsvae.models import load_pretrained  # noqa: E402
+
+
+def flat_mask(x: torch.Tensor, low: float = -1.0, size: int = 5) -> torch.Tensor:
+    """(N, C, H, W) -> bool mask of pixels whose size x size neighbourhood is all at `low` (all channels)."""
+    bright = (x > low + 1e-6).any(dim=1, keepdim=True).float()
+    near = F.max_pool2d(bright, size, stride=1, padding=size // 2)
+    return (near == 0).expand_as(x)
+
+
+def speckle_stats(decoded: list[torch.Tensor], x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The flat-region statistics of one or two decodes (list of (N, C, H, W) in [-1, 1]) of images x."""
+    d = decoded[0].clamp(-1, 1)
+    vals = d[mask].double()
+    out = {
+        "flat_pixels": int(mask.sum()),
+        "flat_std": vals.std().item() if vals.numel() > 1 else float("nan"),
+        "flat_mean": (vals + 1).mean().item() if vals.numel() else float("nan"),
+        "flat_p99": _quantile((d - x).abs()[mask], 0.99),
+        "psnr": psnr(d, x).mean().item(),
+    }
+    if len(decoded) > 1:
+        diff = (decoded[1].clamp(-1, 1) - d)[mask].double()
+        out["seed_std"] = (diff.std() / 2**0.5).item() if diff.numel() > 1 else float("nan")
+    return out
+
+
+def _quantile(values: torch.Tensor, q: float) -> float:
+    """torch.quantile refuses more than 2**24 values; sort instead."""
+    if values.numel() == 0:
+        return float("nan")
+    v = values.flatten().float().sort().values
+    return v[min(len(v) - 1, round(q * (len(v) - 1)))].item()
+
+
+def parse_grid(text: str) -> str | torch.Tensor:
+    if ":" in text:
+        return torch.tensor([float(v) for v in text.split(":")])
+    return text
+
+
+def model_dir(path: Path) -> Path:
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
+def raw_weights(run: Path, model):
+    """The run's non-EMA weights (checkpoint 'model') in a copy of `model`, or None if no checkpoint."""
+    import copy
+
+    if not (run / "checkpoint.pt").is_file():
+        return None
+    raw = copy.deepcopy(model)
+    raw.load_state_dict(load_checkpoint(run)["model"])
+    return raw.eval()
+
+
+def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int) -> dict[str, float]:
+    """Decode every image twice (seeds 0 and 1; once for a VAE) and pool the flat-region statistics."""
+    stochastic = model.config.kind == "epsilon"
+    decoded: list[list[torch.Tensor]] = [[], []] if stochastic else [[]]
+    gens = [torch.Generator().manual_seed(s) for s in range(len(decoded))]
+    with torch.no_grad():
+        for i in range(0, len(x_all), batch):
+            x = x_all[i : i + batch]
+            z = model.encode(x)
+            for k, g in enumerate(gens):
+                decoded[k].append(
+                    model.decode(z, steps=steps, grid=grid, generator=g) if stochastic else model.decode(z)
+                )
+    decoded_all = [torch.cat(d) for d in decoded]
+    return speckle_stats(decoded_all, x_all, flat_mask(x_all))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", required=True, help="name=DIR pairs, comma-separated")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--decode-steps", default="1,2,3")
+    ap.add_argument("--grids", default="reversed-log,uniform")
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--raw", action="store_true", help="also the non-EMA weights of each run's checkpoint")
+    ap.add_argument("--out", default="results/speckle")
+    args = ap.parse_args()
+    result = new_result()
+    steps = [int(s) for s in args.decode_steps.split(",")]
+    grids = [parse_grid(g) for g in args.grids.split(",")]
+    for item in args.models.split(","):
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--models wants name=DIR pairs, got {item!r}")
+        run = Path(path)
+        model = load_pretrained(model_dir(run)).eval()
+        cfg = model.config
+        ds = open_dataset(args.data, "test", cfg.image_size, cfg.image_channels)
+        x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), 250)))
+        variants = [("ema", model)]
+        if args.raw and (raw := raw_weights(run, model)) is not None:
+            variants.append(("raw", raw))
+        for weights, m in variants:
+            settings = [(None, None)]  # a VAE decodes deterministically; an explicit grid implies its steps
+            if cfg.kind == "epsilon":
+                settings = [(g, s) for g in grids for s in (steps if isinstance(g, str) else [len(g) - 1])]
+            for grid, s in settings:
+                t0 = time.perf_counter()
+                row = measure(m, x_all, s, grid, 250)
+                label = grid if isinstance(grid, str) or grid is None else ":".join(f"{v:g}" for v in grid.tolist())
+                row = {"model": name, "dir": str(run), "weights": weights, "kind": cfg.kind,
+                       "gamma": cfg.flow.gamma if cfg.kind == "epsilon" else None,
+                       "grid": label, "steps": s, "n_images": len(x_all), **row,
+                       "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+                result["rows"].append(row)
+                print(
+                    f"{name:<12}{weights:<5}{str(label):<22}{str(s):>4}  std {row['flat_std']:.4f}  "
+                    f"mean {row['flat_mean']:.4f}  p99 {row['flat_p99']:.4f}  "
+                    f"seed_std {row.get('seed_std', 0):.4f}  psnr {row['psnr']:.2f}",
+                    flush=True,
+                )
+                out = Path(args.out)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "speckle.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
