@@ -392,3 +392,50 @@ def test_features_auto_is_keyed_by_the_data_it_was_trained_on(fmnist, tmp_path):
 
     write_fake_fashion_mnist(fmnist, n_train=80)
     assert auto_network_dir("perceptual", "fashion-mnist", 32, 1) != first
+
+
+def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, capsys):
+    """`epsvae distill`: the student starts from the teacher, keeps its encoder, learns the teacher's
+    3-step decode from the same noise in one step (the training estimate at t = 1 is exactly the
+    student's 1-step decode), and exports a model that decodes in 1 step by default."""
+    assert _train(tmp_path / "teacher", "--steps", "2") == 0
+    teacher_dir = tmp_path / "teacher" / "model"
+    teacher = load_pretrained(teacher_dir)
+    # the objective, checked by hand on the teacher as its own student
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    draws = teacher.draw(3, (32, 32), torch.Generator().manual_seed(0))
+    draws["t"] = torch.ones(3)
+    lc = TrainConfig().loss
+
+    def target(out):
+        return teacher.decode(out.z, steps=3, noise=out.x_t)
+
+    _, terms, out = autoencoder_loss(teacher, x, lc, draws=draws, target=target)
+    one_step = teacher.decode(teacher.encode(x), steps=1, noise=draws["noise"])
+    torch.testing.assert_close(out.x0_hat, one_step, rtol=1e-5, atol=1e-5)
+    goal = teacher.decode(teacher.encode(x), steps=3, noise=draws["noise"])
+    torch.testing.assert_close(terms["distill"], (one_step - goal).pow(2).mean(), rtol=1e-5, atol=1e-7)
+
+    args = ["distill", "--model", str(teacher_dir), "--out", str(tmp_path / "s"), "--preset", "eps-fmnist"]
+    assert main([*args, *TINY, "--steps", "3", "--teacher-steps", "2"]) == 0
+    assert "decodes with 1 step by default" in capsys.readouterr().out
+    student = load_pretrained(tmp_path / "s" / "model")
+    meta = json.loads((tmp_path / "s" / "model" / "config.json").read_text())
+    assert student.config.flow.steps == 1 and meta["_distilled_from"]["teacher_steps"] == 2
+    run = json.loads((tmp_path / "s" / "config.json").read_text())["train"]
+    assert run["loss"]["velocity_weight"] == 0 and run["distill_from"] == str(teacher_dir.resolve())
+    for a, b in zip(student.encoder.state_dict().values(), teacher.encoder.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # frozen: the teacher's latents stay valid
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(student.decoder.state_dict().values(), teacher.decoder.state_dict().values(), strict=True)
+    )
+    rows = [json.loads(line) for line in (tmp_path / "s" / "stats.jsonl").read_text().splitlines()]
+    assert all(r["distill"] >= 0 for r in rows if "loss" in r)
+    # a VAE cannot be a teacher; a teacher of no preset's architecture needs --preset (the recipe)
+    assert main(["train", "--preset", "vae-fmnist", "--out", str(tmp_path / "v"), "--steps", "1", *TINY[:8]]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--model", str(tmp_path / "v" / "model"), "--out", str(tmp_path / "x")]) == 2
+    assert "only an ε-VAE" in capsys.readouterr().err
+    assert main(["distill", "--model", str(teacher_dir), "--out", str(tmp_path / "y")]) == 2
+    assert "give --preset" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--out", required=True, help="run directory; an existing one is resumed")
     p.add_argument("--steps", type=positive_int, help="total steps (default: the preset's full budget)")
     p.add_argument("--minutes", type=positive_float, help="stop after this many minutes (checkpointed; resumable)")
-    p.add_argument("--batch-size", type=positive_int, help="batch size per process")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (split over processes)")
     p.add_argument("--resolution", type=positive_int, help="training image size (sets model.image_size)")
     p.add_argument(
         "--init-from",
@@ -45,6 +45,19 @@ def add_parsers(sub, command) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     command("train")(_train)
+
+    p = sub.add_parser("distill", help="distil an ε-VAE's multi-step decoding into a one-step decoder")
+    p.add_argument("--model", required=True, help="the teacher: an exported ε-VAE model directory")
+    p.add_argument("--out", required=True, help="run directory of the student (an existing one is resumed)")
+    p.add_argument("--teacher-steps", type=positive_int, help="the teacher's decoding steps (default: its own)")
+    p.add_argument("--preset", help="training recipe (default: the preset with the teacher's architecture)")
+    p.add_argument("--data", help="dataset spec (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, help="total steps (default: the preset's budget)")
+    p.add_argument("--minutes", type=positive_float, help="stop after this many minutes (checkpointed; resumable)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command("distill")(_distill)
 
     p = sub.add_parser("quickstart", help="the embedded default: train eps-fmnist on the CPU, then report")
     p.add_argument("--out", default="runs/quickstart")
@@ -118,15 +131,34 @@ def add_parsers(sub, command) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import prepare_run, train
+    from .train import prepare_run
 
     overrides = args.set + ([f"model.image_size={args.resolution}"] if args.resolution else [])
     cfg = prepare_run(
         args.out, args.preset, overrides, args.data, args.steps, args.batch_size, args.init_from, args.frozen_encoder
     )
+    _run(args, cfg)
+    return 0
+
+
+def _run(args: argparse.Namespace, cfg) -> bool:
+    """Train `cfg` into args.out; print the summary line once (rank 0 under torchrun); True on rank 0."""
+    from .train import train
+
     summary = train(args.out, cfg, minutes=args.minutes, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:  # one summary line under torchrun
-        print(json.dumps({k: summary[k] for k in ("step", "seconds", "world_size", "effective_batch_size")}))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return False
+    print(json.dumps({k: summary[k] for k in ("step", "seconds", "world_size", "effective_batch_size")}))
+    return True
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from .train import prepare_distill
+
+    overrides = args.set + ([f"train.distill_steps={args.teacher_steps}"] if args.teacher_steps else [])
+    cfg = prepare_distill(args.out, args.model, args.preset, overrides, args.data, args.steps, args.batch_size)
+    if _run(args, cfg):
+        print(f"[distill] the one-step decoder is in {Path(args.out) / 'model'} (decodes with 1 step by default)")
     return 0
 
 

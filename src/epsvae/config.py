@@ -166,6 +166,7 @@ class LossConfig:
     recon: str = "l1"  # VAE reconstruction loss: 'l1' or 'l2'
     recon_weight: float = 1.0
     kl_weight: float = 1e-6  # used only with a Gaussian posterior
+    distill_weight: float = 1.0  # distillation: MSE between the one-step decode and the teacher's decode
 
     def __post_init__(self) -> None:
         if self.adv_weighting not in ("fixed", "adaptive"):
@@ -205,6 +206,10 @@ class TrainConfig:
     init_from: str | None = None  # an exported model directory whose weights start the run (fine-tuning)
     # an epsvae model or diffusers AutoencoderKL directory whose encoder is used frozen: only the decoder trains
     frozen_encoder: str | None = None
+    # one-step distillation (`epsvae distill`): an exported ε-VAE whose `distill_steps`-step decodes
+    # (None: its default) the run learns to reproduce in one step from the same noise
+    distill_from: str | None = None
+    distill_steps: int | None = None
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -382,13 +387,14 @@ _RANGES: dict[str, dict[str, str]] = {
     "LossConfig": {"velocity_weight": "[0,inf)", "perceptual_weight": "[0,inf)", "adv_weight": "[0,inf)",
                    "disc_start": "[0,inf)", "adv_ramp": "[0,inf)",
                    "r1_weight": "[0,inf)", "r1_every": "[1,inf)", "r1_subsample": "[1,inf)",
-                   "x0_l1_weight": "[0,inf)", "recon_weight": "[0,inf)", "kl_weight": "[0,inf)"},
+                   "x0_l1_weight": "[0,inf)", "recon_weight": "[0,inf)", "kl_weight": "[0,inf)",
+                   "distill_weight": "[0,inf)"},
     "TrainConfig": {"resolution": "[1,inf)", "steps": "[1,inf)", "batch_size": "[1,inf)",
                     "micro_batch_size": "[1,inf)", "lr": "[0,inf)",
                     "disc_lr": "[0,inf)", "warmup": "[0,inf)", "beta1": "[0,1)", "beta2": "[0,1)",
                     "grad_clip": "[0,inf)", "ema": "(0,1)", "num_workers": "[0,inf)", "log_every": "[1,inf)",
                     "ckpt_every": "[1,inf)", "sample_every": "[1,inf)", "eval_every": "[0,inf)",
-                    "eval_images": "[1,inf)"},
+                    "eval_images": "[1,inf)", "distill_steps": "[1,inf)"},
     "DiTConfig": {"hidden": "[1,inf)", "depth": "[1,inf)", "heads": "[1,inf)", "patch_size": "[1,inf)",
                   "mlp_ratio": "(0,inf)", "num_classes": "[0,inf)", "latent_channels": "[1,inf)",
                   "latent_size": "[1,inf)"},

@@ -89,7 +89,9 @@ def disc_pair(image: torch.Tensor, x_t: torch.Tensor | None) -> torch.Tensor:
 # --------------------------------------------------------------------------- one step's losses
 
 
-def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None, draws=None, adv_scale=1.0):
+def autoencoder_loss(
+    model, x, lc, perceptual=None, disc=None, adv_on=False, generator=None, draws=None, adv_scale=1.0, target=None
+):
     """(weighted loss, {term: value}, forward output) of one autoencoder step.
 
     `model` may be DDP-wrapped; `disc` must be the unwrapped discriminator: it is
@@ -97,7 +99,8 @@ def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, gen
     randomness comes from `draws` (`Autoencoder.draw`, sliced) or else `generator`.
     `adv_scale` multiplies the adversarial weight (the ramp-in, see `adv_ramp`); with
     `lc.adv_weighting == 'adaptive'` it is further scaled by `adaptive_weight`, recorded
-    as the term `adv_lambda` (not part of the loss).
+    as the term `adv_lambda` (not part of the loss). `target(out)` (distillation) gives, without
+    a graph, the images the one-step estimate should match: the term `distill`, an MSE.
     """
     raw = getattr(model, "module", model)
     kind = raw.config.kind
@@ -108,6 +111,10 @@ def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, gen
         recon, x_t, t = out.x0_hat, out.x_t, out.t
         if lc.x0_l1_weight:
             terms["x0_l1"] = recon_loss(recon, x, "l1")
+        if target is not None:
+            with torch.no_grad():
+                goal = target(out)
+            terms["distill"] = F.mse_loss(_wide(recon), _wide(goal))
     else:
         recon, x_t, t = out.x_hat, None, torch.zeros(x.shape[0], device=x.device)
         terms["recon"] = recon_loss(recon, x, lc.recon)
@@ -126,6 +133,7 @@ def autoencoder_loss(model, x, lc, perceptual=None, disc=None, adv_on=False, gen
         "x0_l1": lc.x0_l1_weight,
         "recon": lc.recon_weight,
         "perceptual": lc.perceptual_weight,
+        "distill": lc.distill_weight,
     }
     loss = sum(weights[k] * v for k, v in terms.items() if k in weights)
     if "adv" in terms:

@@ -29,12 +29,13 @@ from .models import (
     build_discriminator,
     build_model,
     check_state_dict,
+    load_pretrained,
     load_weights,
     read_config,
 )
 from .perceptual import build_perceptual
 
-__all__ = ["CHECKPOINT", "TrainingDiverged", "export", "load_checkpoint", "prepare_run", "train"]
+__all__ = ["CHECKPOINT", "TrainingDiverged", "export", "load_checkpoint", "prepare_distill", "prepare_run", "train"]
 
 
 # --------------------------------------------------------------------------- run directory
@@ -49,8 +50,10 @@ def prepare_run(
     batch_size: int | None = None,
     init_from: str | None = None,
     frozen_encoder: str | None = None,
+    base: RunConfig | None = None,
 ) -> RunConfig:
-    """The run's config: loaded from `run_dir` when it exists (resume), else built from `preset`.
+    """The run's config: loaded from `run_dir` when it exists (resume), else built from `preset`
+    (or from `base`, a config built by the caller, e.g. `prepare_distill`).
 
     A resumed run may change only its length (`steps`); anything else would make the
     continuation differ from the run that was started. `init_from` (an exported model
@@ -81,9 +84,10 @@ def prepare_run(
                     f"(asked: {', '.join(requested)}). Use a new --out for a new run."
                 )
     else:
-        if preset is None:
+        if preset is None and base is None:
             raise ConfigError(f"{run_dir} holds no run to resume: give --preset to start one")
-        cfg = apply_overrides(run_config(preset), requested) if requested else run_config(preset)
+        start = base if base is not None else run_config(preset)
+        cfg = apply_overrides(start, requested) if requested else start
         if cfg.train.frozen_encoder:  # its encoder config, channels and latent statistics
             apply_frozen_encoder(cfg, cfg.train.frozen_encoder)
     if steps is not None:
@@ -91,6 +95,50 @@ def prepare_run(
     if cfg.train.data is None:
         raise ConfigError("no dataset: pass --data (fashion-mnist, folder:PATH or skimage-photos)")
     return cfg
+
+
+def prepare_distill(
+    run_dir: str | Path,
+    teacher: str | Path,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    data: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+) -> RunConfig:
+    """The config of a one-step distillation run of the exported ε-VAE `teacher` (`epsvae distill`).
+
+    The student starts from the teacher's weights and keeps its encoder frozen (so its latents,
+    and any generator trained on them, stay valid); it learns to reproduce, in one step from
+    pure noise, the teacher's `train.distill_steps`-step decode from the same noise (MSE, the
+    `distill` term), with the perceptual term against the data and the adversarial term on
+    (image, noise) pairs at t = 1. The velocity term is off; the model decodes in 1 step by
+    default. The training recipe is `preset`'s (default: the preset whose architecture the
+    teacher has), as for `train`.
+    """
+    from .presets import PRESETS, model_config, run_config
+
+    if resumable(run_dir):
+        return prepare_run(run_dir, None, overrides, data, steps, batch_size)
+    teacher = str(Path(teacher).resolve())
+    source = read_config(teacher)
+    if source.kind != "epsilon":
+        raise ConfigError(f"{teacher} holds a {source.kind!r} model; only an ε-VAE (kind 'epsilon') can be distilled")
+    if preset is None:
+
+        def shape(cfg) -> tuple:
+            return (cfg.kind, cfg.image_channels, cfg.encoder, cfg.decoder, cfg.discriminator)
+
+        matches = [name for name in PRESETS if shape(model_config(name)) == shape(source)]
+        if not matches:
+            raise ConfigError(f"{teacher} matches no preset's architecture: give --preset for the training recipe")
+        preset = matches[0]
+    base = run_config(preset)  # the recipe; the model is the teacher's, decoding in 1 step
+    base.model = source
+    base.model.flow.steps = 1
+    base.train.distill_from = teacher
+    base.train.loss.velocity_weight = 0.0
+    return prepare_run(run_dir, preset, overrides, data, steps, batch_size, teacher, teacher, base=base)
 
 
 def init_weights(model: Autoencoder, directory: str | Path) -> None:
@@ -121,6 +169,8 @@ def export_meta(cfg: RunConfig, step: int) -> dict:
     meta: dict = {"step": step}
     if cfg.train.frozen_encoder:
         meta["encoder_source"] = {"frozen": True, "path": cfg.train.frozen_encoder}
+    if cfg.train.distill_from:
+        meta["distilled_from"] = {"path": cfg.train.distill_from, "teacher_steps": cfg.train.distill_steps}
     return meta
 
 
@@ -157,6 +207,9 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
     model: Autoencoder = build_model(cfg.model)
     disc = build_discriminator(cfg.model)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    teacher = None
+    if tc.distill_from:  # frozen; its multi-step decodes are the targets
+        teacher = load_pretrained(tc.distill_from).eval().requires_grad_(False)
 
     def perceptual_net():
         return build_perceptual(lc.perceptual, tc.data, resolution, channels) if lc.perceptual_weight else None
@@ -191,6 +244,12 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
                 print(f"[train] frozen encoder from {tc.frozen_encoder}; training the decoder only")
         ema.load_state_dict(model.state_dict())
     ema.to(device)
+    if teacher is not None:
+        teacher.to(device)
+
+        def distill_target(out):  # the teacher's decode of the same latents from the same noise (x_t at t = 1)
+            return teacher.decode(out.z, steps=tc.distill_steps, noise=out.x_t)
+
     if tc.switch("compile", device):  # in place: state-dict keys and checkpoints stay as they are
         for module in (model.encoder, model.decoder, perceptual):  # not D: R1 needs a double backward
             if module is not None:
@@ -231,6 +290,8 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
         eng.note_skipped(skipped)
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         draws = eng.my_share(raw_model.draw(tc.batch_size, tuple(x.shape[-2:]), gen))
+        if teacher is not None:  # distillation: always from pure noise, one step
+            draws["t"] = torch.ones_like(draws["t"])
         lr_scale = eng.warmup_lr([(opt, tc.lr), (opt_d, tc.disc_lr)])
         adv_scale = losses.adv_ramp(lc, eng.step)  # 0 before disc_start, then (ramping to) 1
         adv_on = adv_scale > 0
@@ -241,8 +302,9 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
             with eng.no_sync(model, i):
                 with acc.autocast():
                     loss, terms, out = losses.autoencoder_loss(
-                        model, xm, lc, perceptual, raw_disc, adv_on, draws=dm, adv_scale=adv_scale
-                    )
+                        model, xm, lc, perceptual, raw_disc, adv_on, draws=dm, adv_scale=adv_scale,
+                        target=distill_target if teacher is not None else None,
+                    )  # fmt: skip
                 eng.backward(loss)
             outs.append(type(out)(*(v.detach() for v in out)))
             eng.record({**terms, "loss": loss})
