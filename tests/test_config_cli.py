@@ -36,12 +36,17 @@ def test_sd_and_fmnist_presets():
     assert eps["latent_shape"] == vae["latent_shape"] and eps["image_shape"] == [1, 32, 32]
     assert eps["params"]["encoder"] == vae["params"]["encoder"]
     assert 1.7 < eps["params"]["decoder"] / vae["params"]["decoder"] < 2.3
+    for name in ("fmnist", "photo"):  # the Transformer decoders match the U-Nets' size within 1%
+        adm, dit = preset_info(f"eps-{name}"), preset_info(f"eps-{name}-dit")
+        assert abs(dit["params"]["decoder"] / adm["params"]["decoder"] - 1) < 0.01
+        assert dit["params"]["encoder"] == adm["params"]["encoder"] and dit["latent_shape"] == adm["latent_shape"]
 
 
 def test_every_preset_builds_a_valid_config():
     expected = {f"{k}-lite-{s}" for k in ("eps", "vae") for s in PAPER}
     expected |= {"eps-sd-B", "eps-sd-M", "eps-sd-H", "eps-fmnist", "vae-fmnist", "eps-photo", "vae-photo"}
     expected |= {"eps-decoder-sd-B", "eps-decoder-sd-M"}  # for the frozen Stable Diffusion VAE encoder
+    expected |= {"eps-fmnist-dit", "eps-photo-dit"}  # the decoder-architecture ablation
     assert set(PRESETS) == expected
     for name in PRESETS:
         cfg = model_config(name)

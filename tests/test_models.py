@@ -272,3 +272,49 @@ def test_discriminator_config_is_checked():
 
         with pytest.raises(ConfigError, match=match):
             apply_overrides(run_config("eps-fmnist"), {key: value})
+
+
+def test_pixel_dit_decoder(tmp_path):
+    """The Transformer decoder: same interface as the U-Net, zero velocity at init (zero output),
+    any size divisible by its patch, every parameter trained by the loss; tiling refused clearly."""
+    from epsvae.config import apply_overrides
+    from epsvae.nn.pixel_dit import PixelDiT
+
+    cfg = apply_overrides(tiny_config(), {"decoder.arch": "dit", "decoder.dit_hidden": 16, "decoder.dit_depth": 2,
+                                          "decoder.dit_heads": 2, "decoder.dit_patch": 2})  # fmt: skip
+    model = EpsilonVAE(cfg)
+    assert isinstance(model.decoder, PixelDiT) and model.last_layer is model.decoder.out.weight
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    z = model.encode(x)
+    assert torch.equal(model.velocity(x, torch.rand(2), z), torch.zeros_like(x))  # zero-initialised output
+    for p in model.decoder.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    out = model(x)
+    v = model.velocity(x, torch.rand(2), z)
+    assert out.v_pred.shape == x.shape and v.abs().sum() > 0
+    (out.v_pred - out.v_target).pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+    big = torch.rand(1, 1, 24, 20) * 2 - 1  # another size: positions computed for it
+    assert model.decode(model.encode(big), steps=2, generator=torch.Generator().manual_seed(0)).shape == big.shape
+    # a patch's velocity depends on other patches (global attention), unlike a 1-token MLP
+    x2 = x.clone()
+    x2[:, :, :2, :2] += 1
+    changed = (model.velocity(x2, torch.full((2,), 0.5), z) - model.velocity(x, torch.full((2,), 0.5), z)).abs()
+    assert changed[:, :, 8:, 8:].sum() > 0
+    with pytest.raises(ValueError, match="tiled decoding cuts the ADM U-Net"):
+        model.decode(z, tile_size=8)
+    with pytest.raises(ValueError, match="divisible by the decoder's patch size 2"):
+        model.velocity(torch.rand(1, 1, 16, 15), torch.rand(1), z[:1])
+    for bad, match in [
+        ({"decoder.dit_heads": 3}, "divisible by dit_heads"),
+        ({"decoder.arch": "vit"}, "'adm' or 'dit'"),
+        ({"image_size": 15, "encoder.channel_mult": [1]}, "patch size 2"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(cfg, bad)
+    with pytest.raises(ConfigError, match="VAE's decoder is convolutional"):
+        apply_overrides(tiny_config("vae"), {"decoder.arch": "dit"})
+    model.save_pretrained(tmp_path / "m")  # saved and loaded like any model
+    again = load_pretrained(tmp_path / "m")
+    assert isinstance(again.decoder, PixelDiT)
+    torch.testing.assert_close(again.velocity(x, torch.full((2,), 0.5), z), model.velocity(x, torch.full((2,), 0.5), z))

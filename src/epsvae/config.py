@@ -45,7 +45,9 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """Decoder size. ε-VAE's ADM U-Net uses every field; the VAE decoder uses the first three."""
+    """Decoder size. ε-VAE's ADM U-Net uses the fields up to `grad_checkpointing`; the VAE decoder
+    the first three; `arch='dit'` makes ε-VAE's decoder a Transformer over pixel patches (the
+    paper's architecture ablation) sized by the `dit_*` fields."""
 
     channels: int = 64
     channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
@@ -55,6 +57,20 @@ class DecoderConfig:
     resblock_updown: bool = True  # ADM: resample inside residual blocks
     dropout: float = 0.0
     grad_checkpointing: bool = False
+    arch: str = "adm"  # ε-VAE's decoder: 'adm' (U-Net) or 'dit' (Transformer over pixel patches)
+    dit_hidden: int = 256
+    dit_depth: int = 8
+    dit_heads: int = 4
+    dit_patch: int = 2
+    dit_mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("adm", "dit"):
+            raise ConfigError(f"decoder.arch must be 'adm' or 'dit', got {self.arch!r}")
+        if self.arch == "dit" and (self.dit_hidden % self.dit_heads or self.dit_hidden % 4):
+            raise ConfigError(
+                f"decoder.dit_hidden {self.dit_hidden} must be divisible by dit_heads {self.dit_heads} and by 4"
+            )
 
 
 @dataclass
@@ -119,6 +135,12 @@ class AutoencoderConfig:
             )
         if len(self.decoder.channel_mult) < 1 or len(self.encoder.channel_mult) < 1:
             raise ConfigError("channel_mult needs at least one level")
+        if self.kind == "vae" and self.decoder.arch != "adm":
+            raise ConfigError("decoder.arch 'dit' is an ε-VAE decoder; the VAE's decoder is convolutional")
+        if self.decoder.arch == "dit" and self.image_size % self.decoder.dit_patch:
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by the decoder's patch size {self.decoder.dit_patch}"
+            )
         if self.kind == "vae" and self.decoder_upsample != self.encoder.downsample:
             raise ConfigError(
                 f"the VAE decoder upsamples x{self.decoder_upsample} but the encoder downsamples "
@@ -380,7 +402,8 @@ _RANGES: dict[str, dict[str, str]] = {
     "EncoderConfig": {"channels": "[1,inf)", "num_res_blocks": "[0,inf)", "extra_blocks": "[0,inf)",
                       "out_kernel": "[1,inf)", "latent_channels": "[1,inf)"},
     "DecoderConfig": {"channels": "[1,inf)", "num_res_blocks": "[0,inf)", "head_channels": "[1,inf)",
-                      "dropout": "[0,1)"},
+                      "dropout": "[0,1)", "dit_hidden": "[1,inf)", "dit_depth": "[1,inf)", "dit_heads": "[1,inf)",
+                      "dit_patch": "[1,inf)", "dit_mlp_ratio": "(0,inf)"},
     "DiscriminatorConfig": {"channels": "[1,inf)", "group_channels": "[0,inf)", "mbstd_group": "[1,inf)"},
     "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)", "t_uniform_mix": "[0,1]", "t_grid_mix": "[0,1]"},
     "AutoencoderConfig": {"image_channels": "[1,4]", "image_size": "[1,inf)"},

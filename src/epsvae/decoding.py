@@ -57,6 +57,11 @@ def decode(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     x = noise.to(device=z.device, dtype=state_dtype)
+    if tiling is not None and model.config.decoder.arch != "adm":
+        raise ValueError(
+            f"tiled decoding cuts the ADM U-Net's levels; this model's decoder is {model.config.decoder.arch!r} "
+            "(global attention over all patches): decode untiled, with batch_size to bound memory"
+        )
     step = batch_size or z.shape[0]
     with torch.set_grad_enabled(grad):
         out = [

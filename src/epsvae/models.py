@@ -18,6 +18,7 @@ from . import decoding, flow
 from .config import AutoencoderConfig, ConfigError, apply_overrides, from_dict, to_dict
 from .nn.autoencoder import Encoder, VAEDecoder
 from .nn.discriminator import Discriminator
+from .nn.pixel_dit import PixelDiT
 from .nn.unet import UNet
 from .rundir import RunIOError, atomic_write, describe, write_text
 from .tiling import TileConfig
@@ -208,7 +209,8 @@ class EpsilonVAE(Autoencoder):
     def __init__(self, config: AutoencoderConfig):
         super().__init__(config)
         c = config.image_channels
-        self.decoder = UNet(config.decoder, in_channels=c + config.encoder.latent_channels, out_channels=c)
+        decoder = PixelDiT if config.decoder.arch == "dit" else UNet
+        self.decoder = decoder(config.decoder, in_channels=c + config.encoder.latent_channels, out_channels=c)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Velocity for x_t (N, C, H, W) at times t (N,) given latents z; x_t is rescaled to unit variance."""
@@ -218,7 +220,7 @@ class EpsilonVAE(Autoencoder):
     @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's output conv weight (VQGAN's adaptive adversarial weight compares gradients here)."""
-        return self.decoder.out_conv.weight
+        return self.decoder.output_layer.weight
 
     def sample_t(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """Training times (N,) from the config's sampler and its uniform / grid-point mixtures."""

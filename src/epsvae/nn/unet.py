@@ -65,6 +65,10 @@ class UNet(nn.Module):
         self.out_conv = zero_(nn.Conv2d(cout, out_channels, 3, padding=1))
         self.downsample = 2 ** (levels - 1)
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.out_conv
+
     def _run(self, layer: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if isinstance(layer, (ResBlock, AttentionBlock)):
             if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
