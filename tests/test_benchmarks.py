@@ -389,3 +389,24 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
     assert len(vae) == 1 and "seed_std" not in vae[0] and vae[0]["flat_pixels"] > 0
     # the largest square (label 9) is 22 px: at least the 32x32 frame minus the 26x26 around it is flat
     assert all(r["flat_pixels"] >= 8 * (32**2 - 26**2) and r["flat_std"] >= 0 and r["psnr"] > 0 for r in rows)
+
+
+def test_recipe_quick(fmnist, tmp_path):
+    """Variants over training seeds: one run per seed (the seed is part of the run's key), every grid
+    evaluated, summaries with the mean and half-range over seeds."""
+    result = _quick("recipe", tmp_path / "r", "--variants", "vae,disc-patch", "--grids", "uniform,reversed-log")
+    rows = result["rows"]
+    assert [(r["variant"], r["train_seed"], r["grid"]) for r in rows] == [
+        ("vae", 0, None), ("vae", 1, None),
+        ("disc-patch", 0, "uniform"), ("disc-patch", 1, "uniform"),
+        ("disc-patch", 0, "reversed-log"), ("disc-patch", 1, "reversed-log"),
+    ]  # fmt: skip
+    assert rows[2]["run"] != rows[3]["run"] and rows[2]["run"] == rows[4]["run"]
+    summary = {(s["variant"], s["grid"]): s["results"] for s in result["summary"]}
+    psnr = summary[("disc-patch", "uniform")]["3"]["psnr"]
+    assert psnr["per_seed"] == [
+        rows[2]["eval"]["results"]["3"]["psnr"]["mean"],
+        rows[3]["eval"]["results"]["3"]["psnr"]["mean"],
+    ]
+    assert psnr["mean"] == pytest.approx(sum(psnr["per_seed"]) / 2)
+    assert psnr["half_range"] == pytest.approx(abs(psnr["per_seed"][0] - psnr["per_seed"][1]) / 2)

@@ -1,0 +1,109 @@
+"""Which recipe terms earn their place: variants of eps-fmnist over training seeds, judged by fd_indep.
+
+    python benchmarks/recipe.py [--variants base,disc-stylegan,...] [--train-seeds 0,1] [--grids reversed-log,uniform]
+                                [--steps N] [--limit N] [--out results/recipe] [--quick] [--train-only]
+
+Every variant is eps-fmnist (or the VAE) with a few overrides, trained with the presets'
+budget once per training seed (`train.seed`), then evaluated on the test split at 1 and 3
+decoding steps on each grid: PSNR, SSIM, fd_indep (no loss trained on its network: the
+measure to judge by) and fd_domain (the perceptual loss's network; flatters the models
+trained against it). The table gives each variant's mean over training seeds with the
+spread (max - min) / 2, and fd_indep as a multiple of the VAE's (the goal: at most 0.6x
+with a PSNR at least the VAE's, at 3 steps). Variants (VARIANTS below) cover the
+discriminator (GroupNorm width, StyleGAN and patch heads), the adversarial weight
+(adaptive, ramp-in, off), R1 (StyleGAN2-ADA heuristic), the training t distribution
+(shifted logit-normal, uniform and grid-point mixtures) and γ.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from _common import arm_row, parse, save
+
+from epsvae.evaluate import FD_NOTES
+
+VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
+    "vae": ("vae-fmnist", []),
+    "base": ("eps-fmnist", []),
+    "disc-groups8": ("eps-fmnist", ["model.discriminator.group_channels=8"]),
+    "disc-stylegan": ("eps-fmnist", ["model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]),
+    "disc-patch": ("eps-fmnist", ["model.discriminator.head=patch", "model.discriminator.group_channels=8"]),
+    "adv-adaptive": ("eps-fmnist", ["train.loss.adv_weighting=adaptive"]),
+    "adv-ramp": ("eps-fmnist", ["train.loss.adv_ramp=500"]),
+    "adv-off": ("eps-fmnist", ["train.loss.adv_weight=0"]),
+    "r1-ada": ("eps-fmnist", ["train.loss.r1_heuristic=true"]),
+    "t-shift": ("eps-fmnist", ["model.flow.t_mean=0.8"]),
+    "t-uniform-mix": ("eps-fmnist", ["model.flow.t_uniform_mix=0.3"]),
+    "t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
+    "gamma1": ("eps-fmnist", ["model.flow.gamma=1.0"]),
+    "dit-decoder": ("eps-fmnist-dit", []),
+}
+METRICS = ("psnr", "ssim", "fd_indep", "fd_domain")
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per decode setting: mean and half-range over training seeds of each metric (decode-seed means)."""
+    out: dict[str, dict] = {}
+    for key in rows[0]["eval"]["results"]:
+        per = {
+            m: [r["eval"]["results"][key][m]["mean"] for r in rows if m in r["eval"]["results"][key]] for m in METRICS
+        }
+        out[key] = {
+            m: {"mean": statistics.fmean(v), "half_range": (max(v) - min(v)) / 2, "per_seed": v}
+            for m, v in per.items()
+            if v
+        }
+    return out
+
+
+def main() -> None:
+    def add(ap) -> None:
+        ap.add_argument("--variants", default=",".join(VARIANTS))
+        ap.add_argument("--train-seeds", default="0,1")
+        ap.add_argument("--grids", default="reversed-log,uniform", help="evaluation grids (ε-VAE variants)")
+
+    args, limit, seeds, out, result = parse(__doc__, "results/recipe", add)
+    names = [v.strip() for v in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    train_seeds = [int(s) for s in args.train_seeds.split(",")]
+    grids = [g.strip() for g in args.grids.split(",")]
+    result["summary"] = []
+    for name in names:
+        preset, overrides = VARIANTS[name]
+        for grid in grids if preset.startswith("eps") else [None]:
+            rows = []
+            for s in train_seeds:
+                row = arm_row(f"{name} s{s}", preset, [*overrides, f"train.seed={s}"], args, limit, seeds, grid=grid)
+                if row is not None:
+                    rows.append(row)
+                    result["rows"].append({**row, "variant": name, "train_seed": s})
+            if rows:
+                result["summary"].append({"variant": name, "grid": grid, "results": summarize(rows)})
+                save(result, out / "recipe.json")
+            if args.train_only:
+                break  # one grid trains the runs; the others only evaluate
+    print_summary(result)
+
+
+def print_summary(result: dict) -> None:
+    if not result.get("summary"):
+        return
+    vae = next((s for s in result["summary"] if s["variant"] == "vae"), None)
+    ref = vae["results"]["deterministic"] if vae else None
+    print(f"\n{result['machine']}, {result['date']}: {result['command']}")
+    print(f"{'variant':<16}{'grid':<14}{'dec':>4}{'PSNR':>15}{'SSIM':>16}{'fd_indep':>16}{'x VAE':>7}{'fd_domain':>16}")
+    for s in result["summary"]:
+        for key, m in s["results"].items():
+            cell = lambda k: f"{m[k]['mean']:.4f}±{m[k]['half_range']:.4f}" if k in m else "-"  # noqa: E731, B023
+            ratio = f"{m['fd_indep']['mean'] / ref['fd_indep']['mean']:.2f}" if ref and "fd_indep" in m else "-"
+            print(f"{s['variant']:<16}{str(s['grid'] or '-'):<14}{key[:4]:>4}{cell('psnr'):>15}{cell('ssim'):>16}"
+                  f"{cell('fd_indep'):>16}{ratio:>7}{cell('fd_domain'):>16}")  # fmt: skip
+    print("mean ± half the range over training seeds; fd_indep x VAE: the goal is <= 0.6 at 3 steps with PSNR >= VAE's")
+    print("\n".join(FD_NOTES.values()))
+
+
+if __name__ == "__main__":
+    main()
