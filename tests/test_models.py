@@ -246,12 +246,14 @@ def test_discriminator_heads_and_group_norm_width():
     assert Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2)), 1).blocks[0].norm1.norm.num_groups == 8
     with pytest.raises(ValueError, match="at least 16 px"):
         Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2), head="stylegan"), 1)(pair[:, :, :8, :8], t)
-    # minibatch std: the std over each group of images (i, i + N/G, ...), averaged, as an extra channel
+    # minibatch std: the std over each group of consecutive images, averaged, as an extra channel
     x = torch.randn(6, 3, 2, 2)
     y = minibatch_std(x, 4)  # 6 images: groups of 3 (the largest divisor of 6 not above 4)
     assert y.shape == (6, 4, 2, 2)
+    x8 = torch.randn(8, 3, 2, 2)  # micro-batches of a multiple of the group size: the same groups
+    torch.testing.assert_close(torch.cat([minibatch_std(x8[:4], 4), minibatch_std(x8[4:], 4)]), minibatch_std(x8, 4))
     for i in range(6):
-        members = x[[i % 2, i % 2 + 2, i % 2 + 4]]
+        members = x[3 * (i // 3) : 3 * (i // 3) + 3]
         ref = (members.var(0, unbiased=False) + 1e-8).sqrt().mean()
         torch.testing.assert_close(y[i, 3], ref.expand(2, 2))
     same = minibatch_std(torch.ones(4, 2, 2, 2), 4)[:, 2]

@@ -60,14 +60,16 @@ def group_norm(channels: int, group_channels: int) -> nn.GroupNorm:
 def minibatch_std(x: torch.Tensor, group: int) -> torch.Tensor:
     """StyleGAN's minibatch standard deviation: x (N, C, H, W) -> (N, C + 1, H, W).
 
-    Images are split into groups of `group` (the largest divisor of N not above it); the
-    extra channel is, for each image, the mean over C, H, W of the standard deviation
-    across its group."""
+    Images are split into consecutive groups of `group` (the largest divisor of N not above
+    it); the extra channel is, for each image, the mean over C, H, W of the standard
+    deviation across its group. Groups of consecutive images (StyleGAN2 strides them
+    instead) keep the groups, and so the logits, the same when a batch is split into
+    micro-batches whose size is a multiple of `group`."""
     n, c, h, w = x.shape
     g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
-    y = x.float().reshape(g, n // g, c, h, w)  # image i is in group i % (n // g), as StyleGAN2
-    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
-    y = y.repeat(g).reshape(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
+    y = x.float().reshape(n // g, g, c, h, w)
+    y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
+    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
     return torch.cat([x, y], dim=1)
 
 
