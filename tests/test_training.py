@@ -432,6 +432,9 @@ def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, caps
     )
     rows = [json.loads(line) for line in (tmp_path / "s" / "stats.jsonl").read_text().splitlines()]
     assert all(r["distill"] >= 0 for r in rows if "loss" in r)
+    capsys.readouterr()  # resuming with another teacher is refused
+    assert main(["distill", "--model", str(tmp_path / "teacher"), "--out", str(tmp_path / "s"), "--steps", "4"]) == 2
+    assert "holds a run distilling" in capsys.readouterr().err
     # a VAE cannot be a teacher; a teacher of no preset's architecture needs --preset (the recipe)
     assert main(["train", "--preset", "vae-fmnist", "--out", str(tmp_path / "v"), "--steps", "1", *TINY[:8]]) == 0
     capsys.readouterr()

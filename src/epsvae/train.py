@@ -118,9 +118,15 @@ def prepare_distill(
     """
     from .presets import PRESETS, model_config, run_config
 
-    if resumable(run_dir):
-        return prepare_run(run_dir, None, overrides, data, steps, batch_size)
     teacher = str(Path(teacher).resolve())
+    if resumable(run_dir):
+        cfg = prepare_run(run_dir, None, overrides, data, steps, batch_size)
+        if cfg.train.distill_from != teacher:
+            raise ConfigError(
+                f"{run_dir} holds a run distilling {cfg.train.distill_from or 'nothing'}, not {teacher}; "
+                "use another --out"
+            )
+        return cfg
     source = read_config(teacher)
     if source.kind != "epsilon":
         raise ConfigError(f"{teacher} holds a {source.kind!r} model; only an ε-VAE (kind 'epsilon') can be distilled")
