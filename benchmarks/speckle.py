@@ -1,7 +1,7 @@
 """Residual noise in flat regions: the grey speckle of few-step ε-VAE decodes on black backgrounds.
 
     python benchmarks/speckle.py --models vae=DIR,eps=DIR [--decode-steps 1,2,3]
-        [--grids reversed-log,uniform] [--limit N] [--out results/speckle] [--raw]
+        [--grids reversed-log,uniform] [--temperatures 1] [--limit N] [--out results/speckle] [--raw]
 
 Each DIR is an exported model or a run directory (its model/ is used). For every test
 image, the flat-black mask holds the pixels whose 5x5 neighbourhood in the original is
@@ -15,13 +15,16 @@ grid and step count, over the mask:
 - `seed_std`: standard deviation of the difference between two decodes of the same latents
   with different noise, over sqrt(2): the part of the speckle that comes from the initial
   noise (equal to flat_std when all of it does, 0 when the decode is deterministic);
-- `psnr`: over whole images, for reference (sharpness must not be lost to a fix).
+- `psnr` over whole images and `fd_indep` of the seed-0 decodes: what a fix must not lose
+  (fd_indep grows with blur, so it tells a cleaner background from a blurrier image).
 
 Grids: 'reversed-log', 'uniform', or explicit decreasing times like '1:0.9:0.5:0' (the
 last Euler step's size is where a flat region's residual noise is decided: the last
 update jumps from t_k to 0 using the velocity at t_k, so an error e in the velocity
 leaves t_k e / γ in the image). `--raw` adds the run's non-EMA weights (a run directory's
-checkpoint) beside the EMA ones, to separate EMA's part.
+checkpoint) beside the EMA ones, to separate EMA's part. `--temperatures` scales the
+initial noise (1: the model's own decode; below 1 trades generated detail for less noise
+to carry through the network).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from _common import new_result  # noqa: E402
 
 from epsvae.checkpoint import load_checkpoint  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
-from epsvae.metrics import psnr  # noqa: E402
+from epsvae.evaluate import feature_extractor  # noqa: E402
+from epsvae.metrics import FeatureStats, fid_from_stats, psnr  # noqa: E402
 from epsvae.models import load_pretrained  # noqa: E402
 
 
@@ -98,8 +102,9 @@ def raw_weights(run: Path, model):
     return raw.eval()
 
 
-def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int) -> dict[str, float]:
-    """Decode every image twice (seeds 0 and 1; once for a VAE) and pool the flat-region statistics."""
+def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int, temperature: float = 1.0, extract=None):
+    """Decode every image twice (seeds 0 and 1; once for a VAE) and pool the flat-region statistics;
+    with `extract` (a feature network), also fd_indep of the seed-0 decodes."""
     stochastic = model.config.kind == "epsilon"
     decoded: list[list[torch.Tensor]] = [[], []] if stochastic else [[]]
     gens = [torch.Generator().manual_seed(s) for s in range(len(decoded))]
@@ -108,11 +113,29 @@ def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int) -> 
             x = x_all[i : i + batch]
             z = model.encode(x)
             for k, g in enumerate(gens):
-                decoded[k].append(
-                    model.decode(z, steps=steps, grid=grid, generator=g) if stochastic else model.decode(z)
-                )
+                if stochastic:
+                    noise = temperature * torch.randn(x.shape, generator=g)
+                    decoded[k].append(model.decode(z, steps=steps, grid=grid, noise=noise))
+                else:
+                    decoded[k].append(model.decode(z))
     decoded_all = [torch.cat(d) for d in decoded]
-    return speckle_stats(decoded_all, x_all, flat_mask(x_all))
+    row = speckle_stats(decoded_all, x_all, flat_mask(x_all))
+    if extract is not None:
+        row["fd_indep"] = fd_between(extract, x_all, decoded_all[0].clamp(-1, 1), batch)
+    return row
+
+
+def fd_between(extract, a: torch.Tensor, b: torch.Tensor, batch: int) -> float:
+    """Fréchet distance between two image sets in `extract`'s feature space."""
+    stats = []
+    with torch.no_grad():
+        for images in (a, b):
+            s = None
+            for i in range(0, len(images), batch):
+                f = extract(images[i : i + batch])
+                s = (s or FeatureStats(f.shape[1])).update(f)
+            stats.append(s)
+    return fid_from_stats(*stats)
 
 
 def main() -> None:
@@ -121,13 +144,16 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--decode-steps", default="1,2,3")
     ap.add_argument("--grids", default="reversed-log,uniform")
+    ap.add_argument("--temperatures", default="1", help="scales of the initial noise (ε-VAE)")
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--raw", action="store_true", help="also the non-EMA weights of each run's checkpoint")
+    ap.add_argument("--no-fd", action="store_true", help="skip fd_indep")
     ap.add_argument("--out", default="results/speckle")
     args = ap.parse_args()
     result = new_result()
     steps = [int(s) for s in args.decode_steps.split(",")]
     grids = [parse_grid(g) for g in args.grids.split(",")]
+    temperatures = [float(v) for v in args.temperatures.split(",")]
     for item in args.models.split(","):
         name, _, path = item.partition("=")
         if not path:
@@ -137,26 +163,32 @@ def main() -> None:
         cfg = model.config
         ds = open_dataset(args.data, "test", cfg.image_size, cfg.image_channels)
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), 250)))
+        extract = None if args.no_fd else feature_extractor("indep", args.data, cfg.image_size, cfg.image_channels)[1]
         variants = [("ema", model)]
         if args.raw and (raw := raw_weights(run, model)) is not None:
             variants.append(("raw", raw))
         for weights, m in variants:
-            settings = [(None, None)]  # a VAE decodes deterministically; an explicit grid implies its steps
+            settings = [(None, None, 1.0)]  # a VAE decodes deterministically; an explicit grid implies its steps
             if cfg.kind == "epsilon":
-                settings = [(g, s) for g in grids for s in (steps if isinstance(g, str) else [len(g) - 1])]
-            for grid, s in settings:
+                settings = [
+                    (g, s, tau)
+                    for tau in temperatures
+                    for g in grids
+                    for s in (steps if isinstance(g, str) else [len(g) - 1])
+                ]
+            for grid, s, tau in settings:
                 t0 = time.perf_counter()
-                row = measure(m, x_all, s, grid, 250)
+                row = measure(m, x_all, s, grid, 250, tau, extract)
                 label = grid if isinstance(grid, str) or grid is None else ":".join(f"{v:g}" for v in grid.tolist())
                 row = {"model": name, "dir": str(run), "weights": weights, "kind": cfg.kind,
                        "gamma": cfg.flow.gamma if cfg.kind == "epsilon" else None,
-                       "grid": label, "steps": s, "n_images": len(x_all), **row,
+                       "grid": label, "steps": s, "temperature": tau, "n_images": len(x_all), **row,
                        "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
                 result["rows"].append(row)
                 print(
-                    f"{name:<12}{weights:<5}{str(label):<22}{str(s):>4}  std {row['flat_std']:.4f}  "
-                    f"mean {row['flat_mean']:.4f}  p99 {row['flat_p99']:.4f}  "
-                    f"seed_std {row.get('seed_std', 0):.4f}  psnr {row['psnr']:.2f}",
+                    f"{name:<12}{weights:<5}{str(label):<22}{str(s):>4} tau {tau:g}  std {row['flat_std']:.4f}  "
+                    f"mean {row['flat_mean']:.4f}  p99 {row['flat_p99']:.4f}  seed_std {row.get('seed_std', 0):.4f}  "
+                    f"psnr {row['psnr']:.2f}  fd_indep {row.get('fd_indep', float('nan')):.4f}",
                     flush=True,
                 )
                 out = Path(args.out)
