@@ -412,3 +412,25 @@ def test_recipe_quick(fmnist, tmp_path):
     ]
     assert psnr["mean"] == pytest.approx(sum(psnr["per_seed"]) / 2)
     assert psnr["half_range"] == pytest.approx(abs(psnr["per_seed"][0] - psnr["per_seed"][1]) / 2)
+
+
+def test_distill_quick(fmnist, tmp_path):
+    """The distillation benchmark trains a student of a trained run and reports teacher (1 and 3
+    steps) and student (1 step) rows."""
+    from epsvae.cli import main
+
+    from helpers import TINY
+
+    teacher = tmp_path / "teacher"
+    assert (
+        main(
+            ["train", "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(teacher), *TINY, "--steps", "2"]
+        )
+        == 0
+    )
+    result = _quick("distill", tmp_path / "d", "--teacher", str(teacher))
+    rows = result["rows"]
+    assert [(r["arm"], list(r["eval"]["results"])) for r in rows] == [
+        ("teacher", ["1", "3"]), ("student (distilled)", ["1"])
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "d" / "student" / "model" / "config.json").read_text())["flow"]["steps"] == 1
