@@ -13,7 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from epsvae.config import ConfigError, apply_overrides, to_dict  # noqa: E402
+from epsvae.checkpoint import flatten  # noqa: E402
+from epsvae.config import ConfigError, RunConfig, apply_overrides, to_dict  # noqa: E402
 from epsvae.evaluate import FD_NOTES, evaluate  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
@@ -37,6 +38,31 @@ def new_result() -> dict:
     }
 
 
+# Config keys added after runs in a shared cache were keyed: left out of the digest while at
+# their defaults (which reproduce the training from before they existed), so those runs are
+# still found. A key added to the configs later goes here too.
+LATER_KEYS = (
+    "train.frozen_encoder", "train.distill_from", "train.distill_steps", "train.loss.adv_ramp",
+    "train.loss.adv_weighting", "train.loss.r1_heuristic", "train.loss.distill_weight",
+    "model.discriminator.group_channels", "model.discriminator.head", "model.discriminator.mbstd_group",
+    "model.flow.t_uniform_mix", "model.flow.t_grid_mix", "model.decoder.arch", "model.decoder.dit_hidden",
+    "model.decoder.dit_depth", "model.decoder.dit_heads", "model.decoder.dit_patch", "model.decoder.dit_mlp_ratio",
+)  # fmt: skip
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """10 hex digits of the run config, without the LATER_KEYS that are at their defaults."""
+    data, defaults = to_dict(cfg), flatten(to_dict(RunConfig()))
+    for key in LATER_KEYS:
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            node = node[part]
+        if last in node and node[last] == defaults[key]:
+            del node[last]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def run_dir(runs: Path, preset: str, overrides: list[str], steps: int | None) -> Path:
     """Where an arm's run lives: keyed by a digest of its full config, so that benchmarks
     asking for the same training (e.g. the ablation's last arm and γ = 0.6) share one run."""
@@ -45,8 +71,7 @@ def run_dir(runs: Path, preset: str, overrides: list[str], steps: int | None) ->
         cfg = apply_overrides(cfg, overrides)
     if steps is not None:
         cfg.train.steps = steps
-    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    return runs / f"{preset}-{digest}"
+    return runs / f"{preset}-{config_digest(cfg)}"
 
 
 def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, quick: bool):

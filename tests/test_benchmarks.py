@@ -434,3 +434,17 @@ def test_distill_quick(fmnist, tmp_path):
         ("teacher", ["1", "3"]), ("student (distilled)", ["1"])
     ]  # fmt: skip
     assert json.loads((tmp_path / "d" / "student" / "model" / "config.json").read_text())["flow"]["steps"] == 1
+
+
+def test_run_cache_keys_survive_new_config_keys():
+    """Runs trained before a config key existed stay found: keys added later are left out of the
+    digest at their defaults (a new key missing from LATER_KEYS changes these pinned names; a
+    changed preset recipe should, and then the pins move with it)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _common import run_dir
+
+    runs = Path("runs")
+    assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-53b73ce8bf"
+    assert run_dir(runs, "vae-fmnist", [], None).name == "vae-fmnist-7e37b0cf4d"
+    assert run_dir(runs, "eps-fmnist", ["train.seed=0"], None).name == "eps-fmnist-53b73ce8bf"
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_grid_mix=0.3"], None).name != "eps-fmnist-53b73ce8bf"
