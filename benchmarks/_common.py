@@ -38,9 +38,11 @@ def new_result() -> dict:
     }
 
 
-# Config keys added after runs in a shared cache were keyed: left out of the digest while at
-# their defaults (which reproduce the training from before they existed), so those runs are
-# still found. A key added to the configs later goes here too.
+# Config keys added after the runs in a shared cache were keyed (the cache of e061dd9, before
+# train.frozen_encoder existed): left out of the digest while at their defaults, which
+# reproduce the training from before they existed, so those runs are still found. (Runs keyed
+# between 41533be and e3437cf, with frozen_encoder in their digest, get new names.) A key
+# added to the configs later goes here too.
 LATER_KEYS = (
     "train.frozen_encoder", "train.distill_from", "train.distill_steps", "train.loss.adv_ramp",
     "train.loss.adv_weighting", "train.loss.r1_heuristic", "train.loss.distill_weight",

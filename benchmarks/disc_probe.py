@@ -69,6 +69,7 @@ def probe(model, train, test, fake: str, lr: float, steps: int, batch: int, seed
             x = load_batch(test, list(range(start, min(start + batch, len(test)))))[0].to(DEVICE)
             x_t, t, x_fake = pairs(model, x, fake, 10**6 + start)
             real, fake_logits = disc(disc_pair(x, x_t), t), disc(disc_pair(x_fake, x_t), t)
+            real, fake_logits = real.reshape(len(x), -1).mean(1), fake_logits.reshape(len(x), -1).mean(1)  # patches
             wins += int((real > fake_logits).sum())
             gap_sum += float((real - fake_logits).sum())
             l1 += float((x_fake - x).abs().mean(dim=(1, 2, 3)).sum())

@@ -274,6 +274,10 @@ def test_discriminator_config_is_checked():
 
         with pytest.raises(ConfigError, match=match):
             apply_overrides(run_config("eps-fmnist"), {key: value})
+    with pytest.raises(ConfigError, match="unscaled fp16 gradients"):
+        apply_overrides(
+            run_config("eps-fmnist"), {"train.mixed_precision": "fp16", "train.loss.adv_weighting": "adaptive"}
+        )
 
 
 def test_pixel_dit_decoder(tmp_path):

@@ -171,8 +171,9 @@ def test_adversarial_ramp_and_r1_heuristic():
 
 
 def test_patch_and_stylegan_heads_train_through_both_losses(fmnist, tmp_path):
-    """Per-patch logits (N, P) go through the generator, discriminator and R1 terms; a short run with
-    every new option trains, resumes bitwise and logs the adaptive weight."""
+    """Per-patch logits (N, P) go through the generator, discriminator and R1 terms (R1 on the mean of an
+    image's patch logits: the scale of one pooled logit); a short run with the patch head and the
+    other new options trains, resumes bitwise and logs the adaptive weight."""
     from epsvae.config import DiscriminatorConfig
     from epsvae.nn.discriminator import Discriminator
 
@@ -185,6 +186,14 @@ def test_patch_and_stylegan_heads_train_through_both_losses(fmnist, tmp_path):
         loss.backward()
         assert torch.isfinite(terms["adv"]) and d_terms["r1"] > 0, head
         assert all(p.grad is not None for p in disc.parameters()), head
+    # the pooled logit is the mean of the patch logits (same weights): R1 must agree
+    pool = Discriminator(DiscriminatorConfig(channels=4, channel_mult=(1, 2)), 1)
+    patch = Discriminator(DiscriminatorConfig(channels=4, channel_mult=(1, 2), head="patch"), 1)
+    patch.load_state_dict({k: v.view_as(patch.state_dict()[k]) for k, v in pool.state_dict().items()})
+    real = torch.cat([x, x], 1).requires_grad_(True)
+    t = torch.rand(4)
+    torch.testing.assert_close(patch(real, t).mean(1), pool(real, t))
+    torch.testing.assert_close(losses.r1_penalty(patch(real, t), real), losses.r1_penalty(pool(real, t), real))
     options = ["--set", "model.discriminator.head=patch", "--set", "model.discriminator.group_channels=2",
                "--set", "train.loss.adv_weighting=adaptive", "--set", "train.loss.adv_ramp=3",
                "--set", "train.loss.r1_heuristic=true", "--set", "model.flow.t_grid_mix=0.25",
@@ -401,16 +410,14 @@ def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, caps
     assert _train(tmp_path / "teacher", "--steps", "2") == 0
     teacher_dir = tmp_path / "teacher" / "model"
     teacher = load_pretrained(teacher_dir)
-    # the objective, checked by hand on the teacher as its own student
+    # the objective as the training loop builds it, checked by hand on the teacher as its own student
+    from epsvae.train import distill_target, one_step_draws
+
     x = torch.rand(3, 1, 32, 32) * 2 - 1
-    draws = teacher.draw(3, (32, 32), torch.Generator().manual_seed(0))
-    draws["t"] = torch.ones(3)
+    draws = one_step_draws(teacher.draw(3, (32, 32), torch.Generator().manual_seed(0)))
+    assert torch.equal(draws["t"], torch.ones(3))
     lc = TrainConfig().loss
-
-    def target(out):
-        return teacher.decode(out.z, steps=3, noise=out.x_t)
-
-    _, terms, out = autoencoder_loss(teacher, x, lc, draws=draws, target=target)
+    _, terms, out = autoencoder_loss(teacher, x, lc, draws=draws, target=distill_target(teacher, 3))
     one_step = teacher.decode(teacher.encode(x), steps=1, noise=draws["noise"])
     torch.testing.assert_close(out.x0_hat, one_step, rtol=1e-5, atol=1e-5)
     goal = teacher.decode(teacher.encode(x), steps=3, noise=draws["noise"])
@@ -432,9 +439,16 @@ def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, caps
     )
     rows = [json.loads(line) for line in (tmp_path / "s" / "stats.jsonl").read_text().splitlines()]
     assert all(r["distill"] >= 0 for r in rows if "loss" in r)
-    capsys.readouterr()  # resuming with another teacher is refused
-    assert main(["distill", "--model", str(tmp_path / "teacher"), "--out", str(tmp_path / "s"), "--steps", "4"]) == 2
+    capsys.readouterr()  # resuming with another teacher is refused; the same one given as its run directory is not
+    shutil.copytree(teacher_dir, tmp_path / "other")
+    assert main(["distill", "--model", str(tmp_path / "other"), "--out", str(tmp_path / "s"), "--steps", "4"]) == 2
     assert "holds a run distilling" in capsys.readouterr().err
+    assert main(["distill", "--model", str(tmp_path / "teacher"), "--out", str(tmp_path / "s"), "--steps", "4"]) == 0
+    # without --teacher-steps the teacher's own step count is used, and recorded
+    assert main(["distill", "--model", str(teacher_dir), "--out", str(tmp_path / "s2"), "--preset", "eps-fmnist",
+                 *TINY, "--steps", "1"]) == 0  # fmt: skip
+    meta = json.loads((tmp_path / "s2" / "model" / "config.json").read_text())
+    assert meta["_distilled_from"]["teacher_steps"] == teacher.config.flow.steps == 3
     # a VAE cannot be a teacher; a teacher of no preset's architecture needs --preset (the recipe)
     assert main(["train", "--preset", "vae-fmnist", "--out", str(tmp_path / "v"), "--steps", "1", *TINY[:8]]) == 0
     capsys.readouterr()

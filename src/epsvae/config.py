@@ -237,6 +237,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ConfigError(f"train.mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and self.loss.adv_weighting == "adaptive":
+            raise ConfigError(
+                "train.loss.adv_weighting=adaptive compares unscaled fp16 gradients (they underflow); "
+                "use mixed_precision bf16 or no"
+            )
         for name in ("compile", "channels_last"):
             if getattr(self, name) not in SWITCH:
                 raise ConfigError(f"train.{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")

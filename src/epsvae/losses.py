@@ -52,8 +52,12 @@ def discriminator_adv(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> t
 
 
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
-    """E[|grad_x D(x)|^2] over real inputs (Mescheder et al. 2018); `real_inputs` must require grad."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
+    """E[|grad_x D(x)|^2] over real inputs (Mescheder et al. 2018); `real_inputs` must require grad.
+
+    D(x) is the image's logit, or the mean of its patch logits (N, P): the same scale as one
+    pooled logit, as the adversarial losses average over patches too."""
+    per_image = real_logits.reshape(len(real_logits), -1).mean(1)
+    (grad,) = torch.autograd.grad(per_image.sum(), real_inputs, create_graph=True)
     return _wide(grad).pow(2).flatten(1).sum(1).mean()
 
 

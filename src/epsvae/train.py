@@ -110,7 +110,8 @@ def prepare_distill(
 
     The student starts from the teacher's weights and keeps its encoder frozen (so its latents,
     and any generator trained on them, stay valid); it learns to reproduce, in one step from
-    pure noise, the teacher's `train.distill_steps`-step decode from the same noise (MSE, the
+    pure noise, the teacher's `train.distill_steps`-step decode (default: the teacher's own
+    step count) from the same noise (MSE, the
     `distill` term), with the perceptual term against the data and the adversarial term on
     (image, noise) pairs at t = 1. The velocity term is off; the model decodes in 1 step by
     default. The training recipe is `preset`'s (default: the preset whose architecture the
@@ -118,7 +119,10 @@ def prepare_distill(
     """
     from .presets import PRESETS, model_config, run_config
 
-    teacher = str(Path(teacher).resolve())
+    teacher_path = Path(teacher)
+    if (teacher_path / "model" / "config.json").is_file():  # a run directory: its exported model
+        teacher_path = teacher_path / "model"
+    teacher = str(teacher_path.resolve())
     if resumable(run_dir):
         cfg = prepare_run(run_dir, None, overrides, data, steps, batch_size)
         if cfg.train.distill_from != teacher:
@@ -140,11 +144,28 @@ def prepare_distill(
             raise ConfigError(f"{teacher} matches no preset's architecture: give --preset for the training recipe")
         preset = matches[0]
     base = run_config(preset)  # the recipe; the model is the teacher's, decoding in 1 step
+    base.train.distill_from = teacher
+    base.train.distill_steps = source.flow.steps  # the teacher's own (overridden by --teacher-steps)
     base.model = source
     base.model.flow.steps = 1
-    base.train.distill_from = teacher
     base.train.loss.velocity_weight = 0.0
     return prepare_run(run_dir, preset, overrides, data, steps, batch_size, teacher, teacher, base=base)
+
+
+def one_step_draws(draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Distillation: a training step's draws with every t = 1 (pure noise), so the one-step
+    estimate x0_hat is exactly the model's 1-step decode from that noise."""
+    return {**draws, "t": torch.ones_like(draws["t"])}
+
+
+def distill_target(teacher: Autoencoder, steps: int | None):
+    """Distillation's target for a forward output: the teacher's `steps`-step decode of the same
+    latents from the same noise (x_t at t = 1 is the noise), under the caller's autocast."""
+
+    def target(out) -> torch.Tensor:
+        return teacher.decode(out.z, steps=steps, noise=out.x_t)
+
+    return target
 
 
 def init_weights(model: Autoencoder, directory: str | Path) -> None:
@@ -250,11 +271,10 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
                 print(f"[train] frozen encoder from {tc.frozen_encoder}; training the decoder only")
         ema.load_state_dict(model.state_dict())
     ema.to(device)
+    target = None
     if teacher is not None:
         teacher.to(device)
-
-        def distill_target(out):  # the teacher's decode of the same latents from the same noise (x_t at t = 1)
-            return teacher.decode(out.z, steps=tc.distill_steps, noise=out.x_t)
+        target = distill_target(teacher, tc.distill_steps)
 
     if tc.switch("compile", device):  # in place: state-dict keys and checkpoints stay as they are
         for module in (model.encoder, model.decoder, perceptual):  # not D: R1 needs a double backward
@@ -296,8 +316,8 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
         eng.note_skipped(skipped)
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         draws = eng.my_share(raw_model.draw(tc.batch_size, tuple(x.shape[-2:]), gen))
-        if teacher is not None:  # distillation: always from pure noise, one step
-            draws["t"] = torch.ones_like(draws["t"])
+        if teacher is not None:
+            draws = one_step_draws(draws)
         lr_scale = eng.warmup_lr([(opt, tc.lr), (opt_d, tc.disc_lr)])
         adv_scale = losses.adv_ramp(lc, eng.step)  # 0 before disc_start, then (ramping to) 1
         adv_on = adv_scale > 0
@@ -309,7 +329,7 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
                 with acc.autocast():
                     loss, terms, out = losses.autoencoder_loss(
                         model, xm, lc, perceptual, raw_disc, adv_on, draws=dm, adv_scale=adv_scale,
-                        target=distill_target if teacher is not None else None,
+                        target=target,
                     )  # fmt: skip
                 eng.backward(loss)
             outs.append(type(out)(*(v.detach() for v in out)))

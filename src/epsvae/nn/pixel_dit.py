@@ -7,7 +7,8 @@ p x p pixel patches, embedded, given fixed 2-D sin-cos positions and run through
 maps each token back to a p x p patch of velocity. Every block's branches and the output
 start at zero, so the untrained decoder predicts zero velocity, as the U-Net's zero output
 conv does. Any image size divisible by the patch size decodes (positions are computed for
-it); attention is global over all patches, so tiled decoding is not offered for it.
+it); attention is global over all patches, so tiled decoding is not offered for it. The
+U-Net's `dropout` and `grad_checkpointing` fields do not apply to it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class PixelDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
         self.downsample = 1  # no U-Net levels: any size divisible by the patch size
-        self._positions: dict[tuple[int, int], torch.Tensor] = {}  # sin-cos tables by token grid, float32 on CPU
+        self._positions: dict[tuple, torch.Tensor] = {}  # sin-cos tables by (token grid, device, dtype)
 
     @property
     def output_layer(self) -> nn.Module:
@@ -54,10 +55,10 @@ class PixelDiT(nn.Module):
             raise ValueError(f"image height and width must be divisible by the decoder's patch size {p}, got {h}x{w}")
         zc = F.interpolate(z.to(x_t.dtype), size=(h, w), mode="nearest")
         tokens = self.patch(torch.cat([x_t, zc], dim=1)).flatten(2).transpose(1, 2)  # (N, L, D)
-        grid = (h // p, w // p)
-        if grid not in self._positions:
-            self._positions[grid] = sincos_2d(self.cfg.dit_hidden, *grid)
-        tokens = tokens + self._positions[grid].to(tokens)
+        key = (h // p, w // p, tokens.device, tokens.dtype)
+        if key not in self._positions:
+            self._positions[key] = sincos_2d(self.cfg.dit_hidden, h // p, w // p).to(tokens)
+        tokens = tokens + self._positions[key]
         cond = self.t_mlp(timestep_embedding(t, FREQ_DIM).to(tokens.dtype))
         for block in self.blocks:
             tokens = block(tokens, cond)
