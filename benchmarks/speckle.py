@@ -12,6 +12,8 @@ grid and step count, over the mask:
 - `flat_mean`: mean offset of the decoded pixels from black (after clamping to [-1, 1],
   as images are written);
 - `flat_p99`: 99th percentile of |decoded - original| (the visible specks);
+- `flat_mean_unclamped`, `flat_above`: the decoded values' mean offset from black before
+  clamping, and the share of them above black (clamping keeps only that share visible);
 - `seed_std`: standard deviation of the difference between two decodes of the same latents
   with different noise, over sqrt(2): the part of the speckle that comes from the initial
   noise (equal to flat_std when all of it does, 0 when the decode is deterministic);
@@ -64,6 +66,9 @@ def speckle_stats(decoded: list[torch.Tensor], x: torch.Tensor, mask: torch.Tens
         "flat_pixels": int(mask.sum()),
         "flat_std": vals.std().item() if vals.numel() > 1 else float("nan"),
         "flat_mean": (vals + 1).mean().item() if vals.numel() else float("nan"),
+        # before clamping: where the decoded values sit around black, and how many are above it
+        "flat_mean_unclamped": (decoded[0][mask].double() + 1).mean().item() if vals.numel() else float("nan"),
+        "flat_above": (decoded[0][mask] > -1).double().mean().item() if vals.numel() else float("nan"),
         "flat_p99": _quantile((d - x).abs()[mask], 0.99),
         "psnr": psnr(d, x).mean().item(),
     }

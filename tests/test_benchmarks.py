@@ -364,6 +364,9 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
     stats = speckle_stats(noisy, x, mask)
     assert 0.04 < stats["flat_std"] < 0.08 and 0.06 < stats["flat_mean"] < 0.1  # half-normal: std 0.06, mean 0.08
     assert 0.04 < stats["seed_std"] < 0.08  # independent noise: all of the spread comes from the seed
+    assert stats["flat_above"] == 1.0 and stats["flat_mean_unclamped"] == pytest.approx(stats["flat_mean"])
+    below = speckle_stats([x - 0.1], x, mask)  # everything below black: clamped to clean, but counted
+    assert below["flat_std"] == 0 and below["flat_above"] == 0 and below["flat_mean_unclamped"] == pytest.approx(-0.1)
 
     from epsvae import BaselineVAE
     from epsvae.config import apply_overrides
