@@ -107,40 +107,28 @@ def raw_weights(run: Path, model):
     return raw.eval()
 
 
+@torch.no_grad()
 def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int, temperature: float = 1.0, extract=None):
     """Decode every image twice (seeds 0 and 1; once for a VAE) and pool the flat-region statistics;
     with `extract` (a feature network), also fd_indep of the seed-0 decodes."""
     stochastic = model.config.kind == "epsilon"
     decoded: list[list[torch.Tensor]] = [[], []] if stochastic else [[]]
     gens = [torch.Generator().manual_seed(s) for s in range(len(decoded))]
-    with torch.no_grad():
-        for i in range(0, len(x_all), batch):
-            x = x_all[i : i + batch]
-            z = model.encode(x)
-            for k, g in enumerate(gens):
-                if stochastic:
-                    noise = temperature * torch.randn(x.shape, generator=g)
-                    decoded[k].append(model.decode(z, steps=steps, grid=grid, noise=noise))
-                else:
-                    decoded[k].append(model.decode(z))
+    for i in range(0, len(x_all), batch):
+        x = x_all[i : i + batch]
+        z = model.encode(x)
+        for k, g in enumerate(gens):
+            if stochastic:
+                noise = temperature * torch.randn(x.shape, generator=g)
+                decoded[k].append(model.decode(z, steps=steps, grid=grid, noise=noise))
+            else:
+                decoded[k].append(model.decode(z))
     decoded_all = [torch.cat(d) for d in decoded]
     row = speckle_stats(decoded_all, x_all, flat_mask(x_all))
     if extract is not None:
-        row["fd_indep"] = fd_between(extract, x_all, decoded_all[0].clamp(-1, 1), batch)
+        real, fake = (FeatureStats.of_images(extract, x, batch) for x in (x_all, decoded_all[0].clamp(-1, 1)))
+        row["fd_indep"] = fid_from_stats(real, fake)
     return row
-
-
-def fd_between(extract, a: torch.Tensor, b: torch.Tensor, batch: int) -> float:
-    """Fréchet distance between two image sets in `extract`'s feature space."""
-    stats = []
-    with torch.no_grad():
-        for images in (a, b):
-            s = None
-            for i in range(0, len(images), batch):
-                f = extract(images[i : i + batch])
-                s = (s or FeatureStats(f.shape[1])).update(f)
-            stats.append(s)
-    return fid_from_stats(*stats)
 
 
 def main() -> None:

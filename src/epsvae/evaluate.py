@@ -251,8 +251,7 @@ class HeldOutCheck:
         self.extractors = feature_extractors(fid_features, data, resolution, channels) if len(self.x) > 1 else {}
         self.real: dict[str, FeatureStats] = {}
         for name, extract in self.extractors.items():
-            f = torch.cat([extract(b) for b in self.x.split(64)])
-            self.real[name] = FeatureStats(f.shape[1], device).update(f)
+            self.real[name] = FeatureStats.of_images(extract, self.x, 64)
 
     @torch.no_grad()
     def measure(self, model) -> tuple[dict[str, float], torch.Tensor]:
@@ -267,8 +266,7 @@ class HeldOutCheck:
             suffix = f"_{s}" if s is not None else ""
             out[f"val_psnr{suffix}"] = psnr(x_hat, self.x).mean().item()
             for name, extract in self.extractors.items():
-                f = torch.cat([extract(b) for b in x_hat.split(64)])
-                fake = FeatureStats(f.shape[1], f.device).update(f)
+                fake = FeatureStats.of_images(extract, x_hat, 64)
                 out[f"val_{name}{suffix}"] = fid_from_stats(self.real[name], fake)
         model.train(was_training)
         return out, x_hat[:8]

@@ -51,6 +51,12 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
 class FeatureStats:
     """Streaming mean and covariance of feature vectors (float64 sums; mergeable)."""
 
+    @classmethod
+    def of_images(cls, extract, images: torch.Tensor, batch: int = 250) -> FeatureStats:
+        """The statistics of `extract` (images -> (N, D) features) over an image tensor, `batch` at a time."""
+        f = torch.cat([extract(b) for b in images.split(batch)])
+        return cls(f.shape[1], f.device).update(f)
+
     def __init__(self, dim: int, device: torch.device | str = "cpu"):
         self.n = 0
         self.sum = torch.zeros(dim, dtype=torch.float64, device=device)

@@ -31,7 +31,7 @@ def _measure(model, x: torch.Tensor, steps: int, embed, real: FeatureStats, seed
             for i, chunk in enumerate(x.split(250))
         ]
     ).clamp(-1, 1)
-    fake = FeatureStats(real.sum.shape[0]).update(torch.cat([embed(b) for b in x_hat.split(250)]))
+    fake = FeatureStats.of_images(embed, x_hat)
     return x_hat, {"psnr_db": psnr(x_hat, x).mean().item(), "fd_indep": fid_from_stats(real, fake)}
 
 
@@ -53,7 +53,7 @@ def quickstart(
     test = open_dataset(cfg.train.data, "test", cfg.model.image_size, cfg.model.image_channels)
     x, _ = load_batch(test, list(range(min(n_eval, len(test)))))
     embed = feature_extractors("indep", cfg.train.data, cfg.model.image_size, cfg.model.image_channels)["fd_indep"]
-    real = FeatureStats(embed(x[:2]).shape[1]).update(torch.cat([embed(b) for b in x.split(250)]))
+    real = FeatureStats.of_images(embed, x)
     multi = cfg.model.kind == "epsilon"
     arms = [("step 0", initial, 1), ("trained", trained, 1)] + ([("trained", trained, 3)] if multi else [])
     rows, grid = [], [x[:12]]

@@ -72,7 +72,30 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class DiT(nn.Module):
+class PatchTokens:
+    """What DiT and the pixel-patch decoder share, over their modules `patch` (p x p conv), `t_mlp`,
+    `blocks`, `norm_out`, `ada_out` and `out`: the embedders' initialisation, and running the
+    tokens through the blocks and the final adaLN layer back to a (N, C, H, W) map."""
+
+    def _init_embedders(self) -> None:
+        w = self.patch.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch.bias)
+        for m in self.t_mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def _tokens_to_map(self, tokens: torch.Tensor, cond: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+        """tokens (N, L, D) of an (h/p, w/p) grid, conditioning (N, D) -> (N, c, h, w)."""
+        for block in self.blocks:
+            tokens = block(tokens, cond)
+        shift, scale = self.ada_out(cond).chunk(2, dim=1)
+        tokens = self.out(modulate(self.norm_out(tokens), shift, scale))  # (N, L, p * p * c)
+        tokens = tokens.reshape(len(tokens), h // p, w // p, p, p, c)
+        return tokens.permute(0, 5, 1, 3, 2, 4).reshape(len(tokens), c, h, w)
+
+
+class DiT(PatchTokens, nn.Module):
     """Velocity network over latents: (x_t (N, C, h, w), t (N,) in [0, 1], labels (N,)) -> (N, C, h, w).
 
     Label `num_classes` is the null label (classifier-free guidance's unconditional branch).
@@ -95,12 +118,7 @@ class DiT(nn.Module):
         self.register_buffer("pos", sincos_2d(d, n, n), persistent=False)
 
     def _init_weights(self) -> None:
-        w = self.patch.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch.bias)
-        for m in self.t_mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
+        self._init_embedders()
         nn.init.normal_(self.y_embed.weight, std=0.02)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
@@ -109,19 +127,14 @@ class DiT(nn.Module):
         return sincos_2d(self.cfg.hidden, h, w).to(self.pos.device)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
         p = self.cfg.patch_size
         if h % p or w % p:
             raise ValueError(f"latent height and width must be divisible by the patch size {p}, got {h}x{w}")
         tokens = self.patch(x).flatten(2).transpose(1, 2)  # (N, L, D)
         tokens = tokens + self.positions(h // p, w // p).to(tokens.dtype)
         cond = self.t_mlp(timestep_embedding(t, FREQ_DIM).to(tokens.dtype)) + self.y_embed(y)
-        for block in self.blocks:
-            tokens = block(tokens, cond)
-        shift, scale = self.ada_out(cond).chunk(2, dim=1)
-        tokens = self.out(modulate(self.norm_out(tokens), shift, scale))  # (N, L, p * p * C)
-        tokens = tokens.reshape(n, h // p, w // p, p, p, c)
-        return tokens.permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+        return self._tokens_to_map(tokens, cond, p, c, h, w)
 
 
 def dit_flops_per_image(cfg: DiTConfig) -> float:

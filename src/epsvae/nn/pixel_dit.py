@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
-from .dit import FREQ_DIM, DiTBlock, modulate, sincos_2d
+from .dit import FREQ_DIM, DiTBlock, PatchTokens, sincos_2d
 from .layers import timestep_embedding, zero_
 
 
-class PixelDiT(nn.Module):
+class PixelDiT(PatchTokens, nn.Module):
     def __init__(self, cfg: DecoderConfig, in_channels: int, out_channels: int):
         super().__init__()
         self.cfg = cfg
@@ -34,12 +34,7 @@ class PixelDiT(nn.Module):
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), zero_(nn.Linear(d, 2 * d)))
         self.out = zero_(nn.Linear(d, p * p * out_channels))
-        w = self.patch.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch.bias)
-        for m in self.t_mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
+        self._init_embedders()
         self.downsample = 1  # no U-Net levels: any size divisible by the patch size
         self._positions: dict[tuple, torch.Tensor] = {}  # sin-cos tables by (token grid, device, dtype)
 
@@ -49,7 +44,7 @@ class PixelDiT(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x_t (N, C, H, W), t (N,), z (N, Cz, h, w) -> velocity (N, C, H, W)."""
-        n, _, h, w = x_t.shape
+        _, _, h, w = x_t.shape
         p = self.cfg.dit_patch
         if h % p or w % p:
             raise ValueError(f"image height and width must be divisible by the decoder's patch size {p}, got {h}x{w}")
@@ -60,10 +55,4 @@ class PixelDiT(nn.Module):
             self._positions[key] = sincos_2d(self.cfg.dit_hidden, h // p, w // p).to(tokens)
         tokens = tokens + self._positions[key]
         cond = self.t_mlp(timestep_embedding(t, FREQ_DIM).to(tokens.dtype))
-        for block in self.blocks:
-            tokens = block(tokens, cond)
-        shift, scale = self.ada_out(cond).chunk(2, dim=1)
-        tokens = self.out(modulate(self.norm_out(tokens), shift, scale))  # (N, L, p * p * C)
-        c = self.out_channels
-        tokens = tokens.reshape(n, h // p, w // p, p, p, c)
-        return tokens.permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+        return self._tokens_to_map(tokens, cond, p, self.out_channels, h, w)
