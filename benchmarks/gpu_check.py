@@ -183,8 +183,8 @@ def train_bench(preset: str, batch: int, variant: str, seconds: float, flops: fl
         step(r1=i == 0)
     sync()
     warmup = time.perf_counter() - t0
-    if flops is None:
-        flops = count_flops(step)
+    if flops is None:  # counted on an eager step: the counter does not see inside compiled graphs
+        flops = count_flops(train_setup(preset, batch, "before", smoke)[0] if VARIANTS[variant][0] else step)
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     n_plain, dt_plain = timed(step, seconds / 2, None)
@@ -345,6 +345,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=430, help="stop starting new parts after this many seconds")
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--parts", default="train,profile,decode,engine")
+    ap.add_argument("--presets", default="eps-lite-B,eps-sd-M", help="training presets, in this order")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="training variants (the first one counts FLOPs)")
+    ap.add_argument("--decode-batches", default="16,1", help="batches for compiled decoding")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test of this script on tiny settings")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of every variant")
     args = ap.parse_args()
@@ -398,12 +401,14 @@ def main() -> None:
                 torch.cuda.empty_cache()
 
     parts = set(args.parts.split(","))
-    plan = [("eps-fmnist", 4)] if args.smoke else [("eps-lite-B", 64), ("eps-sd-M", 16)]
+    batches = {"eps-lite-B": 64, "eps-sd-M": 16}
+    plan = [("eps-fmnist", 4)] if args.smoke else [(p, batches[p]) for p in args.presets.split(",")]
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
     seconds = 0.5 if args.smoke else 8.0
     for preset, batch in plan if "train" in parts else ():
         flops = None
         torch._dynamo.reset()  # each preset compiles afresh, with static shapes
-        for variant in VARIANTS:
+        for variant in variants:
             run = lambda p=preset, b=batch, v=variant, f=flops: train_bench(p, b, v, seconds, f, args.smoke)  # noqa: E731
             # the first compiled variant of a preset compiles (about 3 minutes on an H200); the next reuses it
             r = part(f"train {preset} {variant}", {"before": 25, "after": 200}.get(variant, 30), run)
@@ -417,11 +422,13 @@ def main() -> None:
             save()
             if variant == "after" and "profile" in parts:  # profile the step just compiled, while it exists
                 result[f"profile_{preset}_after"] = part(f"profile {preset}", 20, lambda s=step: profile_step(s))
+                save()  # part() saved before the assignment
             del step
     if "decode" in parts:
         res = [64] if args.smoke else [256, 512]
         dsec = 0.2 if args.smoke else 2.0
-        plan_d = ((False, [16, 1], 40),) + (() if NO_COMPILE else ((True, [16], 170), (True, [1], 170)))
+        compiled_batches = [] if NO_COMPILE else [int(b) for b in args.decode_batches.split(",") if b]
+        plan_d = ((False, [16, 1], 40),) + tuple((True, [b], 170) for b in compiled_batches)
         for compiled, batches, needs in plan_d:
             run = lambda c=compiled, b=batches: decode_rows(decoder_arms(args.smoke), res, b, c, dsec)  # noqa: E731
             rows = part(f"decode compiled={compiled} batch {batches}", needs, run)

@@ -215,6 +215,12 @@ def test_an_interrupted_export_is_redone_and_stale_stats_rows_dropped(fmnist, tm
     assert json.loads((b / "model" / "config.json").read_text())["_step"] == 4
     assert _stat_steps(b) == [1, 2, 3, 4]
     assert not list(b.glob("*.tmp")) and not list(b.glob(".*.tmp")) and not list(b.glob("model/.*.tmp"))
+    # killed after its first stats row and before its first checkpoint: the fresh start drops that row
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "stats.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    assert _train(d, "--steps", "2") == 0
+    assert _stat_steps(d) == [1, 2]
     # a finished run started again re-exports only when model/ is behind its checkpoint
     c = tmp_path / "c"
     assert _train(c, "--steps", "2") == 0

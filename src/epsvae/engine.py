@@ -136,6 +136,10 @@ class Engine:
 
         if not self.ckpt_path.is_file():
             self._write_config()
+            if self.main:  # rows of an attempt killed before its first checkpoint: this start redoes them
+                dropped = truncate_rows(self.run_dir / "stats.jsonl", 0)
+                if dropped:
+                    print(f"[train] dropped {dropped} stats row(s) of an attempt that ended before any checkpoint")
             return False
         state = load_checkpoint(self.run_dir)
         check_same_run(self.run_dir, state, self.config, self.tc.steps)

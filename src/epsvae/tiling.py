@@ -310,7 +310,7 @@ class _Cut:
             self.state.collect = True
             h = unet.run_dec(glob[..., r[0] // s : r[1] // s, c[0] // s : c[1] // s], emb, skips,
                              phase_c_dec(unet, self.split))  # fmt: skip
-            out[..., r[0] : r[1], c[0] : c[1]] += w.to(out.dtype) * unet.head(h)
+            out[..., r[0] : r[1], c[0] : c[1]] += w.to(out) * unet.head(h)
         self.state.collect = False
         return out
 
