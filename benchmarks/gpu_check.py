@@ -1,11 +1,13 @@
 """GPU check: training throughput before and after the speed switches, and decoding against SD-VAE.
 
     python benchmarks/gpu_check.py [--budget-s 430] [--out gpu_check.json] [--parts train,profile,decode,engine]
+                                   [--presets eps-lite-B,eps-sd-M] [--variants before,after,after+r1/4]
+                                   [--decode-batches 16,1]
     python benchmarks/gpu_check.py --smoke          # the same code paths, tiny, on the CPU
 
-torch.compile takes about 3 minutes per training configuration on an H200 (2026-11-28), so
-the whole check needs two calls within a 15-minute lease: `--parts train,profile` (about 7
-minutes) and `--parts decode,engine` (about 5). Pipe the output through nothing that buffers
+torch.compile takes 2.5-3 minutes per training configuration on an H200 (2026-11-28), so
+the whole check needs two or three calls within a 15-minute lease; choose presets, variants
+and compiled decoding batches to fit (docs/gpu_check.md lists what is still unmeasured). Pipe the output through nothing that buffers
 (`| tee`, not `| grep`): a call stopped at its time limit loses a buffered pipe's output.
 Parts:
 1. the card: its name, a measured bf16 matmul rate (8192^3) and the datasheet's dense peak;
@@ -51,10 +53,11 @@ from epsvae.models import EpsilonVAE, build_discriminator  # noqa: E402
 DATASHEET_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 DEVICE = "cuda"
 NO_COMPILE = False
-VARIANTS = {  # name -> (compile, channels_last, fused Adam, R1 sub-sampling)
-    "before": (False, False, False, 1),
-    "after": (True, True, True, 1),
-    "after+r1/4": (True, True, True, 4),
+VARIANTS = {  # name -> (compile, channels_last, fused Adam, R1 sub-sampling, cudnn.benchmark)
+    "before": (False, False, False, 1, False),
+    "after": (True, True, True, 1, False),
+    "after+r1/4": (True, True, True, 4, False),
+    "after+cudnn-bench": (True, True, True, 1, True),  # not yet a default: measured first
 }
 
 
@@ -115,7 +118,8 @@ def _nonzero(module: torch.nn.Module) -> None:
 
 def train_setup(preset: str, batch: int, variant: str, smoke: bool):
     """(step function, model) for one preset and variant; step(r1: bool) runs one training step."""
-    compiled, channels_last, fused, r1_sub = VARIANTS[variant]
+    compiled, channels_last, fused, r1_sub, bench = VARIANTS[variant]
+    torch.backends.cudnn.benchmark = bench  # autotune each convolution shape (timed after the warm-up)
     compiled = compiled and not NO_COMPILE
     torch.manual_seed(0)
     overrides = ["image_channels=1", "image_size=32"] if smoke else []
@@ -346,7 +350,7 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--parts", default="train,profile,decode,engine")
     ap.add_argument("--presets", default="eps-lite-B,eps-sd-M", help="training presets, in this order")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="training variants (the first one counts FLOPs)")
+    ap.add_argument("--variants", default="before,after,after+r1/4", help=f"training variants, of {', '.join(VARIANTS)}")
     ap.add_argument("--decode-batches", default="16,1", help="batches for compiled decoding")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test of this script on tiny settings")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of every variant")
@@ -408,10 +412,13 @@ def main() -> None:
     for preset, batch in plan if "train" in parts else ():
         flops = None
         torch._dynamo.reset()  # each preset compiles afresh, with static shapes
+        compiled_once = False
         for variant in variants:
             run = lambda p=preset, b=batch, v=variant, f=flops: train_bench(p, b, v, seconds, f, args.smoke)  # noqa: E731
             # the first compiled variant of a preset compiles (about 3 minutes on an H200); the next reuses it
-            r = part(f"train {preset} {variant}", {"before": 25, "after": 200}.get(variant, 30), run)
+            compiles = VARIANTS[variant][0] and not compiled_once
+            compiled_once = compiled_once or VARIANTS[variant][0]
+            r = part(f"train {preset} {variant}", 200 if compiles else 30, run)
             if r is None:
                 continue
             flops = r["flops_per_step"]
