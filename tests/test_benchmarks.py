@@ -169,6 +169,23 @@ def test_gpu_check_smoke_on_cpu(fmnist, tmp_path):
     assert result["profile_eps-fmnist_after"]["families_percent"] and "vs SD-VAE" in proc.stdout
 
 
+def test_cpu_step_variants(fmnist, tmp_path):
+    """The CPU step benchmark times every phase; a layout switch leaves the arithmetic as it was."""
+    out = tmp_path / "cs"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
+         "--variants", "default,channels_last,bf16", "--set", "train.loss.perceptual=none", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "cpu_step.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["default", "channels_last", "bf16"]
+    for r in rows:
+        assert r["seconds_per_step"] > 0 and all(r["phase_seconds_per_step"][k] > 0 for k in ("autoencoder", "r1"))
+    a, b, c = (r["first_step_losses"]["loss"] for r in rows)
+    assert a == pytest.approx(b, rel=1e-5) and a == pytest.approx(c, rel=0.05) and a != c
+
+
 @pytest.mark.slow
 def test_resolution_quick(tmp_path, monkeypatch):
     pytest.importorskip("skimage")
