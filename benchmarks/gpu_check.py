@@ -7,8 +7,9 @@
 
 torch.compile takes 2.5-3 minutes per training configuration on an H200 (2026-11-28), so
 the whole check needs two or three calls within a 15-minute lease; choose presets, variants
-and compiled decoding batches to fit (docs/gpu_check.md lists what is still unmeasured). Pipe the output through nothing that buffers
-(`| tee`, not `| grep`): a call stopped at its time limit loses a buffered pipe's output.
+and compiled decoding batches to fit (docs/gpu_check.md lists what is still unmeasured).
+Pipe the output through nothing that buffers (`| tee`, not `| grep`): a call stopped at its
+time limit loses a buffered pipe's output.
 Parts:
 1. the card: its name, a measured bf16 matmul rate (8192^3) and the datasheet's dense peak;
 2. training: the engine's step (`autoencoder_loss`, `discriminator_loss` with lazy R1, Adam,
@@ -350,7 +351,9 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--parts", default="train,profile,decode,engine")
     ap.add_argument("--presets", default="eps-lite-B,eps-sd-M", help="training presets, in this order")
-    ap.add_argument("--variants", default="before,after,after+r1/4", help=f"training variants, of {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--variants", default="before,after,after+r1/4", help=f"training variants, of {', '.join(VARIANTS)}"
+    )
     ap.add_argument("--decode-batches", default="16,1", help="batches for compiled decoding")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test of this script on tiny settings")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of every variant")

@@ -274,6 +274,9 @@ def test_discriminator_config_is_checked():
 
         with pytest.raises(ConfigError, match=match):
             apply_overrides(run_config("eps-fmnist"), {key: value})
+    with pytest.raises(ConfigError, match="needs a 4x4 feature map.*model.image_size >= 32"):
+        apply_overrides(run_config("eps-fmnist"), {"model.discriminator.head": "stylegan", "model.image_size": 16})
+    apply_overrides(run_config("eps-fmnist"), {"model.discriminator.head": "stylegan"})  # 32 px: 4x4, accepted
     with pytest.raises(ConfigError, match="unscaled fp16 gradients"):
         apply_overrides(
             run_config("eps-fmnist"), {"train.mixed_precision": "fp16", "train.loss.adv_weighting": "adaptive"}

@@ -152,6 +152,14 @@ class AutoencoderConfig:
             raise ConfigError(f"flow.t_sampler must be 'logit-normal' or 'uniform', got {self.flow.t_sampler!r}")
         if not 0 < self.flow.gamma <= 1:
             raise ConfigError(f"flow.gamma must be in (0, 1], got {self.flow.gamma}")
+        levels = len(self.discriminator.channel_mult)
+        if self.discriminator.head == "stylegan" and self.image_size < 4 * 2**levels:
+            raise ConfigError(
+                f"the stylegan discriminator head needs a 4x4 feature map: image_size {self.image_size} with "
+                f"{levels} discriminator levels leaves {self.image_size // 2**levels}x{self.image_size // 2**levels}; "
+                f"use model.image_size >= {4 * 2**levels}, fewer model.discriminator.channel_mult levels, "
+                "or another model.discriminator.head"
+            )
 
     @property
     def decoder_upsample(self) -> int:
