@@ -4,6 +4,7 @@
                                        [--steps 1,3] [--tile-size 256] [--tile-overlap PX] [--max-global N]
                                        [--norm-passes N] [--max-untiled 1024] [--slice-batch 16]
                                        [--slice-size 256] [--out results/decode_memory] [--quick]
+    python benchmarks/decode_memory.py --plot A/decode_memory.json B/decode_memory.json --out DIR  # merge, plot
 
 Each arm (size, steps, untiled or tiled) decodes one image in its own process, so its peak
 memory is its own: the process's peak resident memory (CPU) or max allocated (CUDA), with
@@ -114,15 +115,19 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     rows = [r for r in result["rows"] if r["batch"] == 1 and "error" not in r]
-    for tiled in (False, True):
+    kinds = sorted({(r["tiled"], r.get("norm_passes_cap") or 0) for r in rows})  # cap 0: converged (exact)
+    for tiled, cap in kinds:
         for steps in sorted({r["steps"] for r in rows}):
             pts = sorted(
-                (r["size"], r["peak_gib"], r["seconds"]) for r in rows if r["tiled"] == tiled and r["steps"] == steps
+                (r["size"], r["peak_gib"], r["seconds"])
+                for r in rows
+                if (r["tiled"], r.get("norm_passes_cap") or 0) == (tiled, cap) and r["steps"] == steps
             )
             if not pts:
                 continue
-            label = f"{'tiled' if tiled else 'untiled'}, {steps} step{'s' if steps > 1 else ''}"
-            style = "-o" if tiled else "--s"
+            kind = ("tiled" + (f", norm passes <= {cap}" if cap else "")) if tiled else "untiled"
+            label = f"{kind}, {steps} step{'s' if steps > 1 else ''}"
+            style = (":^" if cap else "-o") if tiled else "--s"
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
             axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, label=label)
     axes[0].axhline(2.0, color="grey", lw=0.8, ls=":", label="2 GiB goal")
@@ -167,8 +172,22 @@ def main() -> None:
     ap.add_argument("--slice-size", type=int, default=256)
     ap.add_argument("--out", default="results/decode_memory")
     ap.add_argument("--quick", action="store_true", help="smoke test: a tiny network at 64 and 128 px, 1 step")
+    ap.add_argument("--plot", nargs="+", metavar="JSON", help="merge these runs' decode_memory.json and plot them")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one arm, print JSON
     args = ap.parse_args()
+    if args.plot:
+        parts = [json.loads(Path(p).read_text()) for p in args.plot]
+        merged = {**parts[0], "command": [p["command"] for p in parts], "rows": []}
+        key = lambda r: (r["size"], r["steps"], r["tiled"], r["batch"], r["sliced"], r.get("norm_passes_cap"))  # noqa: E731
+        for part in parts:  # rows written before the cap was recorded per row take their run's cap
+            rows = [{**r, "norm_passes_cap": r.get("norm_passes_cap", part.get("norm_passes_cap"))} if r["tiled"] else r
+                    for r in part["rows"]]  # fmt: skip
+            earlier = {key(r) for r in merged["rows"]}  # an arm an earlier run measured keeps that run's row
+            merged["rows"] += [r for r in rows if key(r) not in earlier]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        save(merged, Path(args.out) / "decode_memory.json")
+        plot(merged, Path(args.out) / "decode_memory.png")
+        return
     if args.quick:
         args.sizes, args.steps, args.tile_size, args.max_global = "64,128", "1", 32, 16 * 16
         args.slice_batch, args.slice_size = 4, 64
@@ -191,12 +210,14 @@ def main() -> None:
             row = {**arm, "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
         else:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if arm["tiled"]:
+            row["norm_passes_cap"] = args.norm_passes
         if arm["tiled"] and "error" not in row and (images / f"{arm['size']}-{arm['steps']}-untiled-b1.npy").is_file():
             row.update(compare(images / f"{name}.npy", images / f"{arm['size']}-{arm['steps']}-untiled-b1.npy"))
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
         save(result, out / "decode_memory.json")
-    plot(result, out / "decode_memory.png")
+    plot(result, out / "decode_memory.png")  # several runs' JSONs: `--plot A.json B.json --out DIR`
     for p in images.glob("*.npy"):
         p.unlink()
     images.rmdir()

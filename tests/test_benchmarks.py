@@ -355,6 +355,15 @@ def test_decode_memory_quick(tmp_path):
     assert all(r["max_abs_vs_untiled"] < 1e-4 for r in tiled)  # the tiled image is the untiled one
     assert [(r["batch"], r["sliced"]) for r in rows[-2:]] == [(1, False), (4, True)]
     assert (tmp_path / "decode_memory.png").stat().st_size > 0 and not (tmp_path / "images").exists()
+    # several runs merged into one table and plot: an arm measured twice keeps its first row
+    merged_dir, src = tmp_path / "merged", str(tmp_path / "decode_memory.json")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--plot", src, src, "--out", str(merged_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads((merged_dir / "decode_memory.json").read_text())["rows"]
+    assert merged == rows and (merged_dir / "decode_memory.png").stat().st_size > 0
 
 
 def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
