@@ -240,7 +240,8 @@ def tiled_unet(
         return unet(x_t, t, z)  # one tile: nothing to cut
     rows, cols = spans(height, cfg.size, overlap), spans(width, cfg.size, overlap)
     blend = min(overlap - margin, cfg.size, min(r[3] - r[2] for r in rows + cols))
-    tiles = [(r, c, ramp(r, height, blend)[:, None] * ramp(c, width, blend)[None]) for r in rows for c in cols]
+    weight = lambda r, c: (ramp(r, height, blend)[:, None] * ramp(c, width, blend)[None]).to(x_t)  # noqa: E731
+    tiles = [(r, c, weight(r, c)) for r in rows for c in cols]  # blend weights made once, where the output lives
     state = state if state is not None else NormState()
     n_norms = sum(isinstance(m, nn.GroupNorm) for m in unet.modules())
     passes = cfg.norm_passes or n_norms + 1
@@ -310,7 +311,7 @@ class _Cut:
             self.state.collect = True
             h = unet.run_dec(glob[..., r[0] // s : r[1] // s, c[0] // s : c[1] // s], emb, skips,
                              phase_c_dec(unet, self.split))  # fmt: skip
-            out[..., r[0] : r[1], c[0] : c[1]] += w.to(out) * unet.head(h)
+            out[..., r[0] : r[1], c[0] : c[1]] += w * unet.head(h)  # w: on x_t's device, in its dtype
         self.state.collect = False
         return out
 
