@@ -79,7 +79,8 @@ def measure(args: argparse.Namespace, arm: dict, image_path: Path) -> dict:
     z = torch.randn(batch, cz, size // f, size // f, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     tiling = None
     if arm["tiled"]:
-        tiling = TileConfig(args.tile_size, args.tile_overlap, args.max_global, args.norm_passes)
+        tiling = TileConfig(args.tile_size, args.tile_overlap, args.max_global, args.norm_passes,
+                            trim_host=not args.no_trim)  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -97,6 +98,7 @@ def measure(args: argparse.Namespace, arm: dict, image_path: Path) -> dict:
         s = split_level(model.decoder, size, size, args.max_global)
         row["split_level"], row["receptive_margin"] = s, receptive_margin(model.decoder, s)
         row["windowed_attention_levels"], row["norm_passes_run"] = windowed_levels(model.decoder, s), passes[0]
+        row["trim_host"] = tiling.trim_host
     return row
 
 
@@ -170,6 +172,7 @@ def main() -> None:
     ap.add_argument("--max-untiled", type=int, default=1024, help="largest size decoded untiled")
     ap.add_argument("--slice-batch", type=int, default=16)
     ap.add_argument("--slice-size", type=int, default=256)
+    ap.add_argument("--no-trim", action="store_true", help="keep freed heap pages between tiles (glibc's default)")
     ap.add_argument("--out", default="results/decode_memory")
     ap.add_argument("--quick", action="store_true", help="smoke test: a tiny network at 64 and 128 px, 1 step")
     ap.add_argument("--plot", nargs="+", metavar="JSON", help="merge these runs' decode_memory.json and plot them")

@@ -68,6 +68,41 @@ def test_tiled_decode_equals_untiled(size, updown):
     assert (blended - model.decode(z, steps=1, generator=_seed())).abs().max() < 1e-4
 
 
+def test_lean_host_heap_around_tiled_calls(monkeypatch):
+    """On the CPU a tiled call runs with glibc's mmap/trim thresholds lowered (Linux) and leaves them
+    at glibc's defaults; the output is bitwise the same with and without; a user's own MALLOC_*
+    setting is left alone."""
+    import sys
+
+    import epsvae.tiling as tiling_module
+
+    assert tiling_module.release_host_memory() == sys.platform.startswith("linux")
+    used, lean, trims = [], tiling_module.lean_host_heap, []
+    monkeypatch.setattr(tiling_module, "lean_host_heap", lambda enabled: used.append(enabled) or lean(enabled))
+    monkeypatch.setattr(tiling_module, "release_host_memory", lambda: trims.append(1) or True)
+    unet = tiny_tiling_model().decoder
+    x_t, t, z = torch.randn(1, 3, 24, 40), torch.full((1,), 0.5), torch.randn(1, 2, 12, 20)
+    state = tiling_module.NormState()
+    with torch.no_grad():
+        trimmed = tiling_module.tiled_unet(unet, x_t, t, z, TileConfig(size=8, max_global=12 * 20), state)
+        assert len(trims) == 3 * 5 * state.passes  # after every tile (3 x 5 of 8 px) of every pass
+        kept = tiling_module.tiled_unet(unet, x_t, t, z, TileConfig(size=8, max_global=12 * 20, trim_host=False))
+    assert used == [True, False] and len(trims) == 3 * 5 * state.passes and torch.equal(trimmed, kept)
+    if sys.platform.startswith("linux"):
+        calls = []
+        libc = tiling_module._libc()
+        monkeypatch.setattr(tiling_module, "_LIBC", type("L", (), {
+            "mallopt": lambda self, k, v: calls.append((k, v)), "malloc_trim": lambda self, n: calls.append("trim"),
+        })())  # fmt: skip
+        with lean(True):
+            assert calls == [(-3, 1 << 20), (-1, 1 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        assert calls[2:] == [(-3, 128 * 1024), (-1, 128 * 1024), "trim"]
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+        with lean(True):
+            pass
+        assert len(calls) == 5 and libc
+
+
 def test_tile_size_shorthand_and_checks():
     model = tiny_tiling_model()
     z = torch.randn(1, 2, 8, 8)

@@ -28,11 +28,24 @@ Two things are not local:
   * Attention at a tiled level sees only its tile's crop (windowed attention): an
     approximation, which the seam blending softens. Levels >= S hold global attention.
 So without attention at levels < S, tiled equals untiled up to float rounding.
+
+Host memory. On the CPU, glibc raises its mmap threshold after large frees and then serves
+the next tiles' large buffers from a heap it does not shrink, so a tiled decode's resident
+memory grows well past one tile's working set (at 1024 px: 0.73 GiB above the model instead
+of 0.33). While a tiled call runs on the CPU, buffers of 1 MiB or more get their own pages
+that go back to the system when freed, and free heap pages are handed back after every tile
+(`lean_host_heap`, `release_host_memory`; Linux glibc only; costs about 1.3x the time in
+page faults; `TileConfig.trim_host=False` turns it off).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import math
+import os
+import sys
 from dataclasses import dataclass
 from functools import partial
 
@@ -55,6 +68,7 @@ class TileConfig:
     max_global: int = 256 * 256  # largest map (H x W positions) run whole: sets the split level
     norm_passes: int | None = None  # cap on GroupNorm statistics passes; None: until they converge
     norm_tol: float = 1e-6  # converged when statistics move less than this many standard deviations
+    trim_host: bool = True  # on the CPU: large buffers on their own pages, free pages returned per tile (glibc)
 
 
 # --------------------------------------------------------------------------- layout (pure)
@@ -245,8 +259,9 @@ def tiled_unet(
     state = state if state is not None else NormState()
     n_norms = sum(isinstance(m, nn.GroupNorm) for m in unet.modules())
     passes = cfg.norm_passes or n_norms + 1
-    cut = _Cut(unet, x_t, t, z, tiles, split, state)
-    with patched_norms(unet, state):
+    trim = cfg.trim_host and x_t.device.type == "cpu"
+    cut = _Cut(unet, x_t, t, z, tiles, split, state, trim)
+    with patched_norms(unet, state), lean_host_heap(trim):
         # the encoder's statistics depend on nothing after phase A: settle them first, then
         # run phase B once and settle the decoder's statistics (phase C) on top of them
         low = _until_converged(cut.phase_a, state, passes, cfg.norm_tol)
@@ -275,8 +290,9 @@ def _until_converged(run, state: NormState, passes: int, tol: float) -> torch.Te
 class _Cut:
     """The three phases of one tiled U-Net call (see the module docstring)."""
 
-    def __init__(self, unet: UNet, x_t, t, z, tiles, split: int, state: NormState):
+    def __init__(self, unet: UNet, x_t, t, z, tiles, split: int, state: NormState, trim: bool = False):
         self.unet, self.x_t, self.t, self.z, self.tiles, self.state = unet, x_t, t, z, tiles, state
+        self.trim = trim  # hand the heap's free pages back after each tile (malloc_trim)
         self.split, self.s, self.f = split, 2**split, x_t.shape[-2] // z.shape[-2]  # f: pixels per latent
 
     def phase_a(self) -> torch.Tensor:
@@ -290,6 +306,8 @@ class _Cut:
                 low = h.new_zeros(h.shape[0], h.shape[1], self.x_t.shape[-2] // s, self.x_t.shape[-1] // s)
             own = h[..., (r[2] - r[0]) // s : (r[3] - r[0]) // s, (c[2] - c[0]) // s : (c[3] - c[0]) // s]
             low[..., r[2] // s : r[3] // s, c[2] // s : c[3] // s] = own
+            del h, own, emb
+            self._done_tile()
         self.state.collect = False
         return low
 
@@ -312,14 +330,72 @@ class _Cut:
             h = unet.run_dec(glob[..., r[0] // s : r[1] // s, c[0] // s : c[1] // s], emb, skips,
                              phase_c_dec(unet, self.split))  # fmt: skip
             out[..., r[0] : r[1], c[0] : c[1]] += w * unet.head(h)  # w: on x_t's device, in its dtype
+            del h, emb, skips
+            self._done_tile()
         self.state.collect = False
         return out
+
+    def _done_tile(self) -> None:
+        if self.trim:
+            release_host_memory()
 
     def _stem(self, r: Span, c: Span):
         f = self.f
         self.state.crop, self.state.own = (r[0], r[1], c[0], c[1]), (r[2], r[3], c[2], c[3])
         x, z = self.x_t[..., r[0] : r[1], c[0] : c[1]], self.z[..., r[0] // f : r[1] // f, c[0] // f : c[1] // f]
         return self.unet.stem(x, self.t, z)
+
+
+_LIBC = None
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
+_GLIBC_DEFAULT = 128 * 1024  # both thresholds' glibc default (the mmap one then adapts upwards)
+
+
+def _libc():
+    """glibc, or False (not Linux, or another C library)."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+                libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                _LIBC = libc
+            except (OSError, AttributeError):
+                pass
+    return _LIBC
+
+
+def release_host_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim(0)`); False where
+    there is no such call (not Linux, or another C library)."""
+    libc = _libc()
+    if libc:
+        libc.malloc_trim(0)
+    return bool(libc)
+
+
+@contextlib.contextmanager
+def lean_host_heap(enabled: bool = True, threshold: int = 1 << 20):
+    """While inside: buffers of `threshold` bytes or more get their own pages (mmap) that go back
+    to the system when freed, and free heap tops are returned above `threshold`. glibc otherwise
+    raises its mmap threshold after large frees and keeps the freed memory, so a tiled decode's
+    resident memory grows well past one tile's working set. Afterwards both thresholds are set
+    back to glibc's default 128 KiB (the mmap threshold then no longer adapts upwards); does
+    nothing where the user set them (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) or off glibc."""
+    user_set = any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))
+    libc = _libc() if enabled and not user_set else False
+    if libc:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        if libc:
+            libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
+            libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
+            libc.malloc_trim(0)
 
 
 def _round_up(n: int, unit: int) -> int:
