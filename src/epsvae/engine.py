@@ -79,6 +79,17 @@ def batch_plan(batch_size: int, micro_batch_size: int | None, world: int) -> tup
     return micro, share // micro
 
 
+def _allow_new_precision(mp: str) -> None:
+    """Accelerate keeps one mixed-precision setting per process and refuses another: a second
+    run in the same process (a notebook, a sweep) with another precision would fail. In a
+    single process, forget the old setting; under a distributed launch keep Accelerate's refusal."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    old = AcceleratorState._shared_state.get("_mixed_precision")
+    if old is not None and old != mp and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+
+
 class Engine:
     """One run directory's training machinery. `tc` is any config with the TrainConfig basics
     (seed, steps, batch_size, micro_batch_size, mixed_precision, grad_clip, ema, ema_warmup,
@@ -91,9 +102,10 @@ class Engine:
         mp = tc.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() else "no"
-        self.mixed_precision = mp
+        self.mixed_precision = mp  # 'bf16-ae': bf16 autocast, under which the discriminator opts out (train.py)
+        _allow_new_precision(mp.removesuffix("-ae"))
         # cpu=True lets Accelerate set up gloo under torchrun on machines without a GPU
-        self.accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=mp.removesuffix("-ae"), cpu=not torch.cuda.is_available())
         acc = self.accelerator
         self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
         self.main = acc.is_main_process

@@ -126,9 +126,18 @@ class Discriminator(nn.Module):
             self.out_norm = group_norm(c, gc)
             self.out = nn.Conv2d(c, 1, 1) if cfg.head == "patch" else nn.Linear(c, 1)
         self.reduction = 2 ** len(widths)  # image size / last feature map size
+        # True: runs in fp32 even under autocast (train.mixed_precision 'bf16-ae'); not saved
+        self.full_precision = False
 
     def forward(self, pair: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """pair (N, 2C, H, W), t (N,) -> logits (N,), or (N, patches) with the patch head."""
+        device = pair.device.type
+        if self.full_precision and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self._logits(pair.float(), t)
+        return self._logits(pair, t)
+
+    def _logits(self, pair: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(t, self.channels).to(pair.dtype))
         h = self.conv_in(pair)
         for block in self.blocks:
