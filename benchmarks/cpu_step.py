@@ -36,16 +36,13 @@ from epsvae.models import build_discriminator, build_model  # noqa: E402
 from epsvae.perceptual import build_perceptual  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 
-VARIANTS = {  # name -> (channels_last, compile, bf16 autocast: False, True, or "ae" (discriminator in fp32))
+VARIANTS = {  # name -> (channels_last, compile, bf16 autocast)
     "default": (False, False, False),
     "channels_last": (True, False, False),
     "compile": (False, True, False),
     "compile+channels_last": (True, True, False),
     "bf16": (False, False, True),
     "bf16+channels_last": (True, False, True),
-    "bf16-ae": (False, False, "ae"),
-    "bf16-ae+channels_last": (True, False, "ae"),
-    "bf16-ae+compile": (False, True, "ae"),
 }
 
 
@@ -54,12 +51,11 @@ def setup(cfg: RunConfig, batch: int, variant: str):
     channels_last, compiled, bf16 = VARIANTS[variant]
 
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16))
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(tc.seed)
     model, disc = build_model(cfg.model), build_discriminator(cfg.model)
-    disc.full_precision = bf16 == "ae"  # as `epsvae train` with mixed_precision bf16-ae
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     perceptual = build_perceptual(lc.perceptual, tc.data, cfg.model.image_size, cfg.model.image_channels)
     for m in (model, disc, perceptual):

@@ -174,22 +174,16 @@ def test_cpu_step_variants(fmnist, tmp_path):
     out = tmp_path / "cs"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
-         "--variants", "default,channels_last,bf16,bf16-ae", "--set", "train.loss.perceptual=none",
-         "--out", str(out)],
+         "--variants", "default,channels_last,bf16", "--set", "train.loss.perceptual=none", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "cpu_step.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["default", "channels_last", "bf16", "bf16-ae"]
+    assert [r["variant"] for r in rows] == ["default", "channels_last", "bf16"]
     for r in rows:
         assert r["seconds_per_step"] > 0 and all(r["phase_seconds_per_step"][k] > 0 for k in ("autoencoder", "r1"))
-    a, b, c, d = (r["first_step_losses"]["loss"] for r in rows)
+    a, b, c = (r["first_step_losses"]["loss"] for r in rows)
     assert a == pytest.approx(b, rel=1e-5) and a == pytest.approx(c, rel=0.05) and a != c
-    # bf16-ae: the decoder's zero-initialised output layer makes the first velocity exactly 0 in any
-    # precision and the discriminator runs in fp32, so (without a perceptual term) both first losses are
-    # the fp32 ones, while full bf16 changes them through the discriminator
-    first = [r["first_step_losses"] for r in rows]
-    assert first[3] == first[0] and first[2]["d_loss"] != first[0]["d_loss"]
 
 
 @pytest.mark.slow

@@ -329,23 +329,24 @@ def test_pixel_dit_decoder(tmp_path):
     torch.testing.assert_close(again.velocity(x, torch.full((2,), 0.5), z), model.velocity(x, torch.full((2,), 0.5), z))
 
 
-def test_full_precision_discriminator_under_bf16_autocast():
-    """train.mixed_precision 'bf16-ae': the discriminator opts out of the autocast (fp32 logits equal
-    to those without autocast, gradients to a bf16 input in fp32), the autoencoder stays in bf16."""
+def test_discriminator_blur_runs_in_fp32_under_cpu_autocast():
+    """On the CPU the discriminator's depthwise blur opts out of a bf16 autocast (its backward is
+    about 3x slower in bf16): same values as the fp32 blur of the same input, gradients reach a bf16
+    input, the rest of the discriminator stays in bf16."""
     from epsvae.config import DiscriminatorConfig
-    from epsvae.nn.discriminator import Discriminator
+    from epsvae.nn.discriminator import BlurDown, Discriminator
 
-    torch.manual_seed(0)
+    blur = BlurDown()
+    x = torch.randn(2, 3, 8, 8).bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = blur(x)
+    assert y.dtype == torch.float32 and y.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(y, blur(x.detach().float()))
+    y.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0
     d = Discriminator(DiscriminatorConfig(channels=8, channel_mult=(1, 2)), 1)
     pair, t = torch.randn(4, 2, 16, 16), torch.rand(4)
-    plain = d(pair, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = d(pair, t)
-        d.full_precision = True
-        full = d(pair.bfloat16().float().requires_grad_(True), t)
-        src = pair.bfloat16().requires_grad_(True)
-        d(src, t).sum().backward()
-    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
-    torch.testing.assert_close(d(pair.bfloat16().float(), t), full)  # same arithmetic as without autocast
-    assert (low.float() - plain).abs().max() > 0 and src.grad is not None and src.grad.dtype == torch.bfloat16
-    assert "full_precision" not in str(d.state_dict().keys())  # not saved: checkpoints unchanged
+        logits = d(pair, t)
+    assert logits.dtype == torch.bfloat16  # the head's linear layer runs under the autocast
+    torch.testing.assert_close(logits.float(), d(pair, t), atol=0.05, rtol=0.05)

@@ -206,10 +206,10 @@ def test_patch_and_stylegan_heads_train_through_both_losses(fmnist, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
     lam = [r["adv_lambda"] for r in rows if "adv_lambda" in r]
     assert len(lam) == 3 and all(v > 0 for v in lam)  # steps 1..3 are adversarial (disc_start=1)
-    # bf16 for the autoencoder, the discriminator in fp32: trains, every loss finite
-    assert _train(tmp_path / "c", "--steps", "3", "--set", "train.mixed_precision=bf16-ae") == 0
+    # another mixed precision in the same process (Accelerate keeps one per process unless reset)
+    assert _train(tmp_path / "c", "--steps", "3", "--set", "train.mixed_precision=bf16") == 0
     rows = [json.loads(line) for line in (tmp_path / "c" / "stats.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss"]) and np.isfinite(r.get("disc", 0.0)) for r in rows if "loss" in r)
+    assert rows and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
 def test_resume_is_bitwise_identical(fmnist, tmp_path):

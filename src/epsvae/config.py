@@ -221,9 +221,7 @@ class TrainConfig:
     ema: float = 0.999
     ema_warmup: bool = True  # decay min(ema, (1 + step) / (10 + step)): early EMA tracks the weights
     seed: int = 0
-    # 'auto' (bf16 on GPU, fp32 on CPU), 'bf16', 'fp16', 'no', or 'bf16-ae': bf16 for the
-    # autoencoder and its perceptual network, the discriminator in fp32
-    mixed_precision: str = "auto"
+    mixed_precision: str = "auto"  # 'auto' (bf16 on GPU, fp32 on CPU), 'bf16' or 'no'
     compile: str = "auto"  # torch.compile the encoder and decoder: 'auto' (on with CUDA), 'on' or 'off'
     channels_last: str = "auto"  # NHWC activations and weights: 'auto' (on with CUDA), 'on' or 'off'
     num_workers: int = 0  # data-loading processes for image folders
@@ -245,10 +243,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        if self.mixed_precision not in ("auto", "bf16", "bf16-ae", "fp16", "no"):
-            raise ConfigError(
-                f"train.mixed_precision must be auto, bf16, bf16-ae, fp16 or no, got {self.mixed_precision!r}"
-            )
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
+            raise ConfigError(f"train.mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
         if self.mixed_precision == "fp16" and self.loss.adv_weighting == "adaptive":
             raise ConfigError(
                 "train.loss.adv_weighting=adaptive compares unscaled fp16 gradients (they underflow); "

@@ -102,10 +102,10 @@ class Engine:
         mp = tc.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() else "no"
-        self.mixed_precision = mp  # 'bf16-ae': bf16 autocast, under which the discriminator opts out (train.py)
-        _allow_new_precision(mp.removesuffix("-ae"))
+        self.mixed_precision = mp
+        _allow_new_precision(mp)
         # cpu=True lets Accelerate set up gloo under torchrun on machines without a GPU
-        self.accelerator = Accelerator(mixed_precision=mp.removesuffix("-ae"), cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         acc = self.accelerator
         self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
         self.main = acc.is_main_process

@@ -283,7 +283,6 @@ def _train(eng: Engine, cfg: RunConfig, dataset, resolution: int, minutes: float
     model, disc, opt, opt_d = acc.prepare(model, disc, opt, opt_d)
     raw_model: Autoencoder = acc.unwrap_model(model)
     raw_disc = acc.unwrap_model(disc)
-    raw_disc.full_precision = eng.mixed_precision == "bf16-ae"  # fp32 inside the bf16 autocast
     parts = {"model": raw_model, "disc": raw_disc, "ema": ema, "opt": opt, "opt_d": opt_d}
 
     # ---- feedback
