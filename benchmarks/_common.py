@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from epsvae.checkpoint import flatten  # noqa: E402
 from epsvae.config import ConfigError, RunConfig, apply_overrides, to_dict  # noqa: E402
+from epsvae.engine import RunInterrupted  # noqa: E402
 from epsvae.evaluate import FD_NOTES, evaluate  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
@@ -88,7 +89,11 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
         cfg = prepare_run(run, preset, overrides, steps=steps)
     except ConfigError as e:  # a bad --set: say which, not a traceback
         raise SystemExit(f"{preset} with {' '.join(overrides)}: {e}") from None
-    train(run, cfg, progress=False)
+    try:
+        train(run, cfg, progress=False)
+    except RunInterrupted as exc:  # SIGINT/SIGTERM: the checkpoint is written; the same command resumes
+        print(f"[{run.name}] {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     final = json.loads((run / "final.json").read_text())
     return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
 

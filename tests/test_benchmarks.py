@@ -477,3 +477,23 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "vae-fmnist", [], None).name == "vae-fmnist-7e37b0cf4d"
     assert run_dir(runs, "eps-fmnist", ["train.seed=0"], None).name == "eps-fmnist-53b73ce8bf"
     assert run_dir(runs, "eps-fmnist", ["model.flow.t_grid_mix=0.3"], None).name != "eps-fmnist-53b73ce8bf"
+
+
+def test_interrupted_arm_exits_with_the_signal_code_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """SIGTERM during a benchmark's training: the checkpoint is written by the engine; the script
+    says where and exits 128 + signal, as `epsvae train` does."""
+    import signal
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common
+
+    from epsvae.engine import RunInterrupted
+
+    def stopped(run, cfg, progress):
+        raise RunInterrupted(signal.SIGTERM, 7, run / "checkpoint.pt")
+
+    monkeypatch.setattr(_common, "train", stopped)
+    with pytest.raises(SystemExit) as exc:
+        _common.train_arm(tmp_path, "eps-fmnist", [], 10, quick=True)
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert "SIGTERM at step 7" in capsys.readouterr().err
