@@ -117,19 +117,20 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     rows = [r for r in result["rows"] if r["batch"] == 1 and "error" not in r]
-    kinds = sorted({(r["tiled"], r.get("norm_passes_cap") or 0) for r in rows})  # cap 0: converged (exact)
-    for tiled, cap in kinds:
+    kind_of = lambda r: (r["tiled"], r.get("norm_passes_cap") or 0, bool(r.get("trim_host")))  # noqa: E731
+    for tiled, cap, lean in sorted({kind_of(r) for r in rows}):  # cap 0: converged (exact)
         for steps in sorted({r["steps"] for r in rows}):
             pts = sorted(
                 (r["size"], r["peak_gib"], r["seconds"])
                 for r in rows
-                if (r["tiled"], r.get("norm_passes_cap") or 0) == (tiled, cap) and r["steps"] == steps
+                if kind_of(r) == (tiled, cap, lean) and r["steps"] == steps
             )
             if not pts:
                 continue
             kind = ("tiled" + (f", norm passes <= {cap}" if cap else "")) if tiled else "untiled"
+            kind += (", lean heap" if lean else ", glibc defaults") if tiled else ""
             label = f"{kind}, {steps} step{'s' if steps > 1 else ''}"
-            style = (":^" if cap else "-o") if tiled else "--s"
+            style = ((":v" if lean else ":^") if cap else "-o") if tiled else "--s"
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
             axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, label=label)
     axes[0].axhline(2.0, color="grey", lw=0.8, ls=":", label="2 GiB goal")
@@ -181,7 +182,8 @@ def main() -> None:
     if args.plot:
         parts = [json.loads(Path(p).read_text()) for p in args.plot]
         merged = {**parts[0], "command": [p["command"] for p in parts], "rows": []}
-        key = lambda r: (r["size"], r["steps"], r["tiled"], r["batch"], r["sliced"], r.get("norm_passes_cap"))  # noqa: E731
+        key = lambda r: (r["size"], r["steps"], r["tiled"], r["batch"], r["sliced"], r.get("norm_passes_cap"),  # noqa: E731
+                         bool(r.get("trim_host")))  # fmt: skip
         for part in parts:  # rows written before the cap was recorded per row take their run's cap
             rows = [{**r, "norm_passes_cap": r.get("norm_passes_cap", part.get("norm_passes_cap"))} if r["tiled"] else r
                     for r in part["rows"]]  # fmt: skip

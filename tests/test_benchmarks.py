@@ -364,6 +364,22 @@ def test_decode_memory_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = json.loads((merged_dir / "decode_memory.json").read_text())["rows"]
     assert merged == rows and (merged_dir / "decode_memory.png").stat().st_size > 0
+    assert all(r["trim_host"] for r in tiled)  # the lean heap is the default on the CPU
+    # a run with glibc's defaults (--no-trim) is its own series: merged beside the default one
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", "--no-trim",
+         "--out", str(tmp_path / "plain")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = str(tmp_path / "plain" / "decode_memory.json")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--plot", src, plain, "--out", str(merged_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads((merged_dir / "decode_memory.json").read_text())["rows"]
+    assert sorted(r["trim_host"] for r in merged if r["tiled"] and r["size"] == 128) == [False, True]
 
 
 def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
