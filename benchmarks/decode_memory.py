@@ -3,7 +3,9 @@
     python benchmarks/decode_memory.py [--model DIR | --preset eps-sd-B] [--sizes 256,512,1024,2048]
                                        [--steps 1,3] [--tile-size 256] [--tile-overlap PX] [--max-global N]
                                        [--norm-passes N] [--max-untiled 1024] [--slice-batch 16]
-                                       [--slice-size 256] [--out results/decode_memory] [--quick]
+                                       [--slice-size 256] [--only untiled|tiled] [--no-trim]
+                                       [--tiled-image SIZE-STEPS-tiled-b1.npy] [--keep-images]
+                                       [--out results/decode_memory] [--quick]
     python benchmarks/decode_memory.py --plot A/decode_memory.json B/decode_memory.json --out DIR  # merge, plot
 
 Each arm (size, steps, untiled or tiled) decodes one image in its own process, so its peak
@@ -14,7 +16,10 @@ decoded from the same latents and the same noise (PSNR over [-1, 1], and max abs
 Tiling is `EpsilonVAE.decode(tiling=TileConfig(...))` (see epsvae.tiling): exact where no
 attention sits at a tiled level and the GroupNorm statistics have converged (--norm-passes
 caps the passes; the number run is recorded). The slicing arms decode a batch of
---slice-batch at --slice-size one image at a time, against batch 1.
+--slice-batch at --slice-size one image at a time, against batch 1. --only runs just the
+untiled or the tiled arms (no slicing arms); --tiled-image compares the untiled arm of its
+size and steps with a tiled image kept from an earlier run (the latents and the noise are
+seeded, so they are the same), for sizes where one run would take too long.
 
 Without --model the preset's weights are random, with its zero-initialised layers drawn
 small so that decoding is not trivial: memory and time do not depend on the weights, but
@@ -148,14 +153,14 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def arms(args: argparse.Namespace, sizes: list[int], steps: list[int]) -> list[dict]:
+def arms(args: argparse.Namespace, sizes: list[int], steps: list[int], slicing: bool = True) -> list[dict]:
     out = []
     for size in sizes:
         for s in steps:
             if size <= args.max_untiled:
                 out.append({"size": size, "steps": s, "tiled": False, "batch": 1, "sliced": False})
             out.append({"size": size, "steps": s, "tiled": True, "batch": 1, "sliced": False})
-    for batch, sliced in ((1, False), (args.slice_batch, True)):
+    for batch, sliced in ((1, False), (args.slice_batch, True)) if slicing else ():
         out.append({"size": args.slice_size, "steps": 1, "tiled": False, "batch": batch, "sliced": sliced})
     return out
 
@@ -174,6 +179,9 @@ def main() -> None:
     ap.add_argument("--slice-batch", type=int, default=16)
     ap.add_argument("--slice-size", type=int, default=256)
     ap.add_argument("--no-trim", action="store_true", help="keep freed heap pages between tiles (glibc's default)")
+    ap.add_argument("--only", choices=("untiled", "tiled"), help="run only these arms (no slicing arms)")
+    ap.add_argument("--tiled-image", help="SIZE-STEPS-tiled-b1.npy kept from an earlier run: compared with untiled")
+    ap.add_argument("--keep-images", action="store_true", help="keep the decoded images (OUT/images/*.npy)")
     ap.add_argument("--out", default="results/decode_memory")
     ap.add_argument("--quick", action="store_true", help="smoke test: a tiny network at 64 and 128 px, 1 step")
     ap.add_argument("--plot", nargs="+", metavar="JSON", help="merge these runs' decode_memory.json and plot them")
@@ -207,7 +215,8 @@ def main() -> None:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     passthrough = [a for a in sys.argv[1:] if a != "--quick"] + (["--quick"] if args.quick else [])
-    for arm in arms(args, [int(s) for s in args.sizes.split(",")], [int(s) for s in args.steps.split(",")]):
+    todo = arms(args, [int(s) for s in args.sizes.split(",")], [int(s) for s in args.steps.split(",")], not args.only)
+    for arm in [a for a in todo if not args.only or a["tiled"] == (args.only == "tiled")]:
         name = f"{arm['size']}-{arm['steps']}-{'tiled' if arm['tiled'] else 'untiled'}-b{arm['batch']}"
         cmd = [sys.executable, __file__, *passthrough, "--one", json.dumps([arm, str(images / f"{name}.npy")])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -219,13 +228,18 @@ def main() -> None:
             row["norm_passes_cap"] = args.norm_passes
         if arm["tiled"] and "error" not in row and (images / f"{arm['size']}-{arm['steps']}-untiled-b1.npy").is_file():
             row.update(compare(images / f"{name}.npy", images / f"{arm['size']}-{arm['steps']}-untiled-b1.npy"))
+        kept = Path(args.tiled_image or "")
+        if not arm["tiled"] and "error" not in row and kept.name == f"{arm['size']}-{arm['steps']}-tiled-b1.npy":
+            tiled = compare(kept, images / f"{name}.npy")  # the same latents and noise, tiled in an earlier run
+            row.update({"tiled_image": str(kept), **{k.replace("_vs", "_tiled_vs"): v for k, v in tiled.items()}})
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
         save(result, out / "decode_memory.json")
     plot(result, out / "decode_memory.png")  # several runs' JSONs: `--plot A.json B.json --out DIR`
-    for p in images.glob("*.npy"):
-        p.unlink()
-    images.rmdir()
+    if not args.keep_images:
+        for p in images.glob("*.npy"):
+            p.unlink()
+        images.rmdir()
 
 
 if __name__ == "__main__":

@@ -380,6 +380,18 @@ def test_decode_memory_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = json.loads((merged_dir / "decode_memory.json").read_text())["rows"]
     assert sorted(r["trim_host"] for r in merged if r["tiled"] and r["size"] == 128) == [False, True]
+    # a tiled image kept from one run, compared with the untiled decode of another (same seeds)
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", *a], capture_output=True, text=True
+    )
+    assert run("--only", "tiled", "--keep-images", "--out", str(tmp_path / "t")).returncode == 0
+    kept = tmp_path / "t" / "images" / "128-1-tiled-b1.npy"
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["128-1-tiled-b1.npy", "64-1-tiled-b1.npy"]
+    assert run("--only", "untiled", "--tiled-image", str(kept), "--out", str(tmp_path / "u")).returncode == 0
+    rows = json.loads((tmp_path / "u" / "decode_memory.json").read_text())["rows"]
+    assert [(r["size"], r["tiled"]) for r in rows] == [(64, False), (128, False)]  # no slicing arms
+    assert "tiled_image" not in rows[0] and rows[1]["max_abs_tiled_vs_untiled"] < 1e-4
+    assert rows[1]["max_abs_tiled_vs_untiled"] == next(r for r in tiled if r["size"] == 128)["max_abs_vs_untiled"]
 
 
 def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
