@@ -121,7 +121,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    rows = [r for r in result["rows"] if r["batch"] == 1 and "error" not in r]
+    rows = [r for r in result["rows"] if r["batch"] == 1 and not r["sliced"] and "error" not in r]
     kind_of = lambda r: (r["tiled"], r.get("norm_passes_cap") or 0, bool(r.get("trim_host")))  # noqa: E731
     for tiled, cap, lean in sorted({kind_of(r) for r in rows}):  # cap 0: converged (exact)
         for steps in sorted({r["steps"] for r in rows}):
