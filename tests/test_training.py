@@ -492,3 +492,22 @@ def test_distillation_loss_decreases_on_a_tiny_model():
         assert all(p.grad is None for p in student.encoder.parameters())
     assert loss == terms["distill"]  # the only weighted term
     assert sum(losses_seen[-4:]) < 0.5 * sum(losses_seen[:4]), losses_seen
+
+
+def test_quickstart_precision_bf16_on_a_native_bf16_cpu_kept_on_resume(fmnist, tmp_path, monkeypatch):
+    """The quickstart trains in bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX), in fp32
+    elsewhere or when asked; a resumed run keeps the precision it started with."""
+    import epsvae.quickstart as qs
+
+    monkeypatch.setattr(qs.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(qs, "native_bf16_cpu", lambda: True)
+    assert qs.quickstart_precision() == "bf16" and qs.quickstart_precision("no") == "no"
+    result = qs.quickstart(tmp_path / "q", steps=2, n_eval=16)
+    config = lambda d: json.loads((d / "config.json").read_text())["train"]["mixed_precision"]  # noqa: E731
+    assert result["mixed_precision"] == "bf16" == config(tmp_path / "q") and result["trained_steps"] == 2
+    assert all(np.isfinite(r["psnr_db"]) and np.isfinite(r["fd_indep"]) for r in result["rows"])
+    monkeypatch.setattr(qs, "native_bf16_cpu", lambda: False)
+    assert qs.quickstart(tmp_path / "q", steps=3, n_eval=16)["mixed_precision"] == "bf16"  # resumed as started
+    assert qs.quickstart_precision() == "no"
+    assert main(["quickstart", "--out", str(tmp_path / "p"), "--steps", "1", "--precision", "no"]) == 0
+    assert config(tmp_path / "p") == "no"

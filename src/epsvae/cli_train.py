@@ -64,6 +64,12 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--minutes", type=positive_float, default=10.0, help="training time budget (default 10)")
     p.add_argument("--steps", type=positive_int, help="train to this many steps instead of a time budget")
     p.add_argument("--preset", default="eps-fmnist")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "no"),
+        default="auto",
+        help="train.mixed_precision; auto: bf16 on a GPU or on a CPU with native bf16, else fp32",
+    )
     command("quickstart")(_quickstart)
 
     p = sub.add_parser("export", help="export a run's EMA weights as a model directory")
@@ -165,7 +171,7 @@ def _distill(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
-    quickstart(args.out, args.minutes, args.steps, args.preset)
+    quickstart(args.out, args.minutes, args.steps, args.preset, precision=args.precision)
     return 0
 
 
