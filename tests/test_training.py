@@ -494,7 +494,7 @@ def test_distillation_loss_decreases_on_a_tiny_model():
     assert sum(losses_seen[-4:]) < 0.5 * sum(losses_seen[:4]), losses_seen
 
 
-def test_quickstart_precision_bf16_on_a_native_bf16_cpu_kept_on_resume(fmnist, tmp_path, monkeypatch):
+def test_quickstart_precision_bf16_on_a_native_bf16_cpu_kept_on_resume(fmnist, tmp_path, monkeypatch, capsys):
     """The quickstart trains in bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX), in fp32
     elsewhere or when asked; a resumed run keeps the precision it started with."""
     import epsvae.quickstart as qs
@@ -508,6 +508,9 @@ def test_quickstart_precision_bf16_on_a_native_bf16_cpu_kept_on_resume(fmnist, t
     assert all(np.isfinite(r["psnr_db"]) and np.isfinite(r["fd_indep"]) for r in result["rows"])
     monkeypatch.setattr(qs, "native_bf16_cpu", lambda: False)
     assert qs.quickstart(tmp_path / "q", steps=3, n_eval=16)["mixed_precision"] == "bf16"  # resumed as started
+    capsys.readouterr()
+    assert qs.quickstart(tmp_path / "q", steps=4, n_eval=16, precision="no")["mixed_precision"] == "bf16"
+    assert "resumes in the precision it started with (bf16)" in capsys.readouterr().out
     assert qs.quickstart_precision() == "no"
     assert main(["quickstart", "--out", str(tmp_path / "p"), "--steps", "1", "--precision", "no"]) == 0
     assert config(tmp_path / "p") == "no"

@@ -63,6 +63,9 @@ def quickstart(
     resumed = (out / "config.json").is_file()  # a resumed run keeps the precision it started with
     overrides = [] if resumed else [f"train.mixed_precision={quickstart_precision(precision)}"]
     cfg = prepare_run(out, preset, overrides, steps=steps)
+    if resumed and precision != "auto" and precision != cfg.train.mixed_precision:
+        print(f"[quickstart] {out} resumes in the precision it started with ({cfg.train.mixed_precision}); "
+              f"--precision {precision} applies to a new --out")  # fmt: skip
     t0 = time.time()
     summary = train(out, cfg, minutes=minutes if steps is None else None)
     train_s = time.time() - t0
