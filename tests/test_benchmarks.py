@@ -343,11 +343,14 @@ def test_frozen_quick(fmnist, tmp_path):
 
 @pytest.mark.slow
 def test_decode_memory_quick(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    def dm(*args):  # one decode_memory.py run; it must succeed
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    dm("--quick", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "decode_memory.json").read_text())["rows"]
     assert all("error" not in r and r["peak_gib"] > 0 and r["seconds"] > 0 for r in rows)
     tiled = [r for r in rows if r["tiled"]]
@@ -357,37 +360,20 @@ def test_decode_memory_quick(tmp_path):
     assert (tmp_path / "decode_memory.png").stat().st_size > 0 and not (tmp_path / "images").exists()
     # several runs merged into one table and plot: an arm measured twice keeps its first row
     merged_dir, src = tmp_path / "merged", str(tmp_path / "decode_memory.json")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--plot", src, src, "--out", str(merged_dir)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    dm("--plot", src, src, "--out", str(merged_dir))
     merged = json.loads((merged_dir / "decode_memory.json").read_text())["rows"]
     assert merged == rows and (merged_dir / "decode_memory.png").stat().st_size > 0
     assert all(r["trim_host"] for r in tiled)  # the lean heap is the default on the CPU
     # a run with glibc's defaults (--no-trim) is its own series: merged beside the default one
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", "--no-trim",
-         "--out", str(tmp_path / "plain")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plain = str(tmp_path / "plain" / "decode_memory.json")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--plot", src, plain, "--out", str(merged_dir)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    dm("--quick", "--no-trim", "--out", str(tmp_path / "plain"))
+    dm("--plot", src, str(tmp_path / "plain" / "decode_memory.json"), "--out", str(merged_dir))
     merged = json.loads((merged_dir / "decode_memory.json").read_text())["rows"]
     assert sorted(r["trim_host"] for r in merged if r["tiled"] and r["size"] == 128) == [False, True]
     # a tiled image kept from one run, compared with the untiled decode of another (same seeds)
-    run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--quick", *a], capture_output=True, text=True
-    )
-    assert run("--only", "tiled", "--keep-images", "--out", str(tmp_path / "t")).returncode == 0
+    dm("--quick", "--only", "tiled", "--keep-images", "--out", str(tmp_path / "t"))
     kept = tmp_path / "t" / "images" / "128-1-tiled-b1.npy"
     assert sorted(p.name for p in kept.parent.iterdir()) == ["128-1-tiled-b1.npy", "64-1-tiled-b1.npy"]
-    assert run("--only", "untiled", "--tiled-image", str(kept), "--out", str(tmp_path / "u")).returncode == 0
+    dm("--quick", "--only", "untiled", "--tiled-image", str(kept), "--out", str(tmp_path / "u"))
     rows = json.loads((tmp_path / "u" / "decode_memory.json").read_text())["rows"]
     assert [(r["size"], r["tiled"]) for r in rows] == [(64, False), (128, False)]  # no slicing arms
     assert "tiled_image" not in rows[0] and rows[1]["max_abs_tiled_vs_untiled"] < 1e-4
