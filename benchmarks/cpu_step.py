@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_step.py [--preset eps-fmnist] [--batch 64] [--steps 12]
                                   [--variants default,channels_last,compile,compile+channels_last]
-                                  [--threads 0] [--profile] [--out results/cpu_step]
+                                  [--threads 0] [--profile | --profile-all] [--before-gan] [--out results/cpu_step]
 
 One step is what `epsvae train` runs once the GAN is on: `autoencoder_loss` (velocity +
 perceptual on x0_hat with the preset's own perceptual network + adversarial), Adam, then
@@ -12,7 +12,9 @@ on real Fashion-MNIST images. Each variant changes only how the same arithmetic 
 (memory layout, torch.compile of encoder, decoder and perceptual network, as `epsvae
 train` does on CUDA); the losses of the first step are printed so that equal arithmetic
 can be checked. --threads 0 keeps torch's default. --profile adds the operators' own CPU
-time for the first variant. Timings need an otherwise idle machine.
+time for the first variant, --profile-all for every variant, with the convolutions' time
+by input shape. --before-gan times the step as it runs before `disc_start`
+(no adversarial term, no discriminator step). Timings need an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ VARIANTS = {  # name -> (channels_last, compile, bf16 autocast)
 }
 
 
-def setup(cfg: RunConfig, batch: int, variant: str):
+def setup(cfg: RunConfig, batch: int, variant: str, gan: bool = True):
     tc, lc = cfg.train, cfg.train.loss
     channels_last, compiled, bf16 = VARIANTS[variant]
 
@@ -76,31 +78,34 @@ def setup(cfg: RunConfig, batch: int, variant: str):
     def step(r1: bool, record: bool) -> dict:
         t0 = time.perf_counter()
         with autocast():
-            loss, terms, out = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=True, generator=gen)
+            loss, terms, out = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=gan, generator=gen)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         t1 = time.perf_counter()
-        d_loss, d_terms = discriminator_loss(disc, x, out, lc, r1_step=r1, autocast=autocast)
-        d_loss.backward()
-        opt_d.step()
-        opt_d.zero_grad(set_to_none=True)
+        d_loss = torch.zeros(())
+        if gan:
+            d_loss, d_terms = discriminator_loss(disc, x, out, lc, r1_step=r1, autocast=autocast)
+            d_loss.backward()
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - tc.ema)
         t3 = time.perf_counter()
         if record:
             times["autoencoder"] += t1 - t0
-            times["r1" if r1 else "discriminator"] += t2 - t1
+            if gan:
+                times["r1" if r1 else "discriminator"] += t2 - t1
             times["ema"] += t3 - t2
         return {"loss": loss.item(), "d_loss": d_loss.item()}
 
     return step, times
 
 
-def run_variant(cfg: RunConfig, batch: int, variant: str, steps: int, profile: bool) -> dict:
+def run_variant(cfg: RunConfig, batch: int, variant: str, steps: int, profile: bool, gan: bool = True) -> dict:
     r1_every = cfg.train.loss.r1_every
-    step, times = setup(cfg, batch, variant)
+    step, times = setup(cfg, batch, variant, gan)
     t0 = time.perf_counter()
     first = step(r1=True, record=False)  # compiles (forward, backward, the R1 path) and warms up
     step(r1=False, record=False)
@@ -110,7 +115,7 @@ def run_variant(cfg: RunConfig, batch: int, variant: str, steps: int, profile: b
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
-        prof = torch_profile(activities=[ProfilerActivity.CPU])
+        prof = torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True)
         prof.__enter__()
     t0 = time.perf_counter()
     for i in range(steps):
@@ -118,6 +123,7 @@ def run_variant(cfg: RunConfig, batch: int, variant: str, steps: int, profile: b
     total = time.perf_counter() - t0
     row = {
         "variant": variant,
+        "gan": gan,
         "steps": steps,
         "warmup_seconds": round(warmup, 1),
         "seconds_per_step": round(total / steps, 4),
@@ -132,6 +138,14 @@ def run_variant(cfg: RunConfig, batch: int, variant: str, steps: int, profile: b
         row["top_operators"] = [
             {"op": e.key, "percent": round(100 * e.self_cpu_time_total / own, 1), "calls": e.count} for e in events[:15]
         ]
+        convs = {}  # (forward or backward, input and weight shapes) -> own CPU ms per step
+        for e in prof.key_averages(group_by_input_shape=True):
+            if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward"):
+                key = ("backward" if "backward" in e.key else "forward", str(e.input_shapes[:2]))
+                convs[key] = convs.get(key, 0.0) + e.self_cpu_time_total / 1000 / steps
+        row["convolutions_ms_per_step"] = [
+            {"pass": k[0], "shapes": k[1], "ms": round(v, 2)} for k, v in sorted(convs.items(), key=lambda kv: -kv[1])
+        ]
     return row
 
 
@@ -142,7 +156,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed steps per variant (a multiple of r1_every)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile the first variant")
+    ap.add_argument("--profile-all", action="store_true", help="profile every variant")
+    ap.add_argument("--before-gan", action="store_true", help="the step before disc_start (no GAN)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="results/cpu_step")
     args = ap.parse_args()
@@ -152,11 +168,13 @@ def main() -> None:
     cfg = apply_overrides(run_config(args.preset), overrides)
     batch = args.batch or cfg.train.batch_size
     result = new_result()
-    result.update({"preset": args.preset, "batch": batch, "threads": torch.get_num_threads()})
+    gan = not args.before_gan
+    result.update({"preset": args.preset, "batch": batch, "threads": torch.get_num_threads(), "gan": gan})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, variant in enumerate(args.variants.split(",")):
-        row = run_variant(cfg, batch, variant, args.steps, args.profile and i == 0)
+        profile = args.profile_all or (args.profile and i == 0)
+        row = run_variant(cfg, batch, variant, args.steps, profile, gan)
         result["rows"].append(row)
         save(result, out / "cpu_step.json")
         ph = row["phase_seconds_per_step"]

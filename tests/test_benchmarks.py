@@ -184,6 +184,18 @@ def test_cpu_step_variants(fmnist, tmp_path):
         assert r["seconds_per_step"] > 0 and all(r["phase_seconds_per_step"][k] > 0 for k in ("autoencoder", "r1"))
     a, b, c = (r["first_step_losses"]["loss"] for r in rows)
     assert a == pytest.approx(b, rel=1e-5) and a == pytest.approx(c, rel=0.05) and a != c
+    before = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
+         "--variants", "default", "--before-gan", "--profile-all", "--set", "train.loss.perceptual=none", "--out", str(out / "pre")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert before.returncode == 0, before.stderr[-3000:]
+    (pre,) = json.loads((out / "pre" / "cpu_step.json").read_text())["rows"]
+    assert pre["gan"] is False and pre["phase_seconds_per_step"]["autoencoder"] > 0
+    assert pre["phase_seconds_per_step"]["discriminator"] == 0 and pre["phase_seconds_per_step"]["r1"] == 0
+    assert pre["first_step_losses"]["d_loss"] == 0 and pre["first_step_losses"]["loss"] < a  # no adversarial term
+    convs = pre["convolutions_ms_per_step"]
+    assert convs and {c["pass"] for c in convs} == {"forward", "backward"} and all(c["ms"] >= 0 for c in convs)
 
 
 @pytest.mark.slow
