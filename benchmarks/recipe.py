@@ -12,7 +12,7 @@ spread (max - min) / 2, and fd_indep as a multiple of the VAE's (the goal: at mo
 with a PSNR at least the VAE's, at 3 steps). Variants (VARIANTS below) cover the
 discriminator (GroupNorm width, StyleGAN and patch heads), the adversarial weight
 (adaptive, ramp-in, off), R1 (StyleGAN2-ADA heuristic), the training t distribution
-(shifted logit-normal, uniform and grid-point mixtures), γ, and bf16 autocast on the CPU
+(shifted logit-normal, uniform and grid-point mixtures), γ, the perceptual weight, and bf16 autocast on the CPU
 (`train.mixed_precision=bf16`, a speed switch: the check is that quality is unchanged).
 """
 
@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     "t-uniform-mix": ("eps-fmnist", ["model.flow.t_uniform_mix=0.3"]),
     "t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
     "gamma1": ("eps-fmnist", ["model.flow.gamma=1.0"]),
+    "pweight01": ("eps-fmnist", ["train.loss.perceptual_weight=0.1"]),
     "dit-decoder": ("eps-fmnist-dit", []),
     "bf16": ("eps-fmnist", ["train.mixed_precision=bf16"]),  # issue 13's CPU speed-up: the same quality?
 }
