@@ -87,14 +87,27 @@ def lines_over_steps(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: bool = False) -> None:
-    """Quality against a per-row quantity `x_of(row)` (compression, evaluation resolution):
-    the VAE, and ε-VAE at each decoding step count, one line each."""
+def series_over(result: dict, x_of) -> dict[str, list]:
+    """{line label: [(x, metrics)]}: the VAE, and ε-VAE at each decoding step count; where the
+    rows were decoded on several grids, one line per grid (one for 1 step, where the grid
+    does not matter; an x seen twice in a line keeps its first point)."""
+    grids = {row["eval"].get("grid") for row in result["rows"] if row["eval"].get("kind") == "epsilon"}
     series: dict[str, list] = {}
     for row in result["rows"]:
         for steps, m in _points(row):
             kind = "VAE" if steps == "deterministic" else f"ε-VAE, {steps} step"
-            series.setdefault(kind, []).append((x_of(row), m))
+            if len(grids) > 1 and steps not in ("deterministic", "1"):
+                kind += f", {row['eval'].get('grid')}"
+            line = series.setdefault(kind, [])
+            if all(x != x_of(row) for x, _ in line):
+                line.append((x_of(row), m))
+    return series
+
+
+def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: bool = False) -> None:
+    """Quality against a per-row quantity `x_of(row)` (compression, evaluation resolution, γ):
+    one line per `series_over` label."""
+    series = series_over(result, x_of)
     metrics = metrics_of(result)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
     for kind, pts in series.items():

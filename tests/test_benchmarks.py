@@ -69,6 +69,25 @@ def _quick(script: str, out: Path, *extra: str) -> dict:
     return json.loads((out / f"{script}.json").read_text())
 
 
+def test_plot_series_one_line_per_grid():
+    """A γ sweep decoded on two grids plots one line per grid for 2+ steps, one for 1 step."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plots import series_over
+
+    def row(gamma, grid, fd1, fd3):
+        results = {"1": {"fd_indep": {"mean": fd1, "std": 0}}, "3": {"fd_indep": {"mean": fd3, "std": 0}}}
+        return {"gamma": gamma, "eval": {"kind": "epsilon", "grid": grid, "results": results}}
+
+    rows = [row(1.0, "reversed-log", 0.028, 0.029), row(0.6, "reversed-log", 0.031, 0.022),
+            row(1.0, "uniform", 0.028, 0.047), row(0.6, "uniform", 0.031, 0.032)]  # fmt: skip
+    series = series_over({"rows": rows}, lambda r: r["gamma"])
+    assert set(series) == {"ε-VAE, 1 step", "ε-VAE, 3 step, reversed-log", "ε-VAE, 3 step, uniform"}
+    assert [(x, m["fd_indep"]["mean"]) for x, m in series["ε-VAE, 3 step, uniform"]] == [(1.0, 0.047), (0.6, 0.032)]
+    assert [x for x, _ in series["ε-VAE, 1 step"]] == [1.0, 0.6]  # the second grid's 1-step points are the same
+    one_grid = series_over({"rows": rows[:2]}, lambda r: r["gamma"])
+    assert set(one_grid) == {"ε-VAE, 1 step", "ε-VAE, 3 step"}
+
+
 @pytest.mark.slow
 def test_gamma_quick(fmnist, tmp_path):
     result = _quick("gamma", tmp_path / "g", "--gammas", "1.0,0.4")
@@ -186,7 +205,8 @@ def test_cpu_step_variants(fmnist, tmp_path):
     assert a == pytest.approx(b, rel=1e-5) and a == pytest.approx(c, rel=0.05) and a != c
     before = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
-         "--variants", "default", "--before-gan", "--profile-all", "--set", "train.loss.perceptual=none", "--out", str(out / "pre")],
+         "--variants", "default", "--before-gan", "--profile-all", "--set", "train.loss.perceptual=none",
+         "--out", str(out / "pre")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert before.returncode == 0, before.stderr[-3000:]
