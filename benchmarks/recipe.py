@@ -39,6 +39,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     "t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
     "gamma1": ("eps-fmnist", ["model.flow.gamma=1.0"]),
     "pweight01": ("eps-fmnist", ["train.loss.perceptual_weight=0.1"]),
+    "pweight01-gamma1": ("eps-fmnist", ["train.loss.perceptual_weight=0.1", "model.flow.gamma=1.0"]),
     "dit-decoder": ("eps-fmnist-dit", []),
     "bf16": ("eps-fmnist", ["train.mixed_precision=bf16"]),  # issue 13's CPU speed-up: the same quality?
 }
