@@ -94,13 +94,14 @@ def series_over(result: dict, x_of) -> dict[str, list]:
     grids = {row["eval"].get("grid") for row in result["rows"] if row["eval"].get("kind") == "epsilon"}
     series: dict[str, list] = {}
     for row in result["rows"]:
+        x = x_of(row)
         for steps, m in _points(row):
             kind = "VAE" if steps == "deterministic" else f"ε-VAE, {steps} step"
             if len(grids) > 1 and steps not in ("deterministic", "1"):
                 kind += f", {row['eval'].get('grid')}"
             line = series.setdefault(kind, [])
-            if all(x != x_of(row) for x, _ in line):
-                line.append((x_of(row), m))
+            if all(seen != x for seen, _ in line):
+                line.append((x, m))
     return series
 
 

@@ -191,26 +191,23 @@ def test_gpu_check_smoke_on_cpu(fmnist, tmp_path):
 def test_cpu_step_variants(fmnist, tmp_path):
     """The CPU step benchmark times every phase; a layout switch leaves the arithmetic as it was."""
     out = tmp_path / "cs"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
-         "--variants", "default,channels_last,bf16", "--set", "train.loss.perceptual=none", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "cpu_step.json").read_text())["rows"]
+
+    def rows_of(out_dir: Path, *extra: str) -> list[dict]:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
+             "--set", "train.loss.perceptual=none", "--out", str(out_dir), *extra],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out_dir / "cpu_step.json").read_text())["rows"]
+
+    rows = rows_of(out, "--variants", "default,channels_last,bf16")
     assert [r["variant"] for r in rows] == ["default", "channels_last", "bf16"]
     for r in rows:
         assert r["seconds_per_step"] > 0 and all(r["phase_seconds_per_step"][k] > 0 for k in ("autoencoder", "r1"))
     a, b, c = (r["first_step_losses"]["loss"] for r in rows)
     assert a == pytest.approx(b, rel=1e-5) and a == pytest.approx(c, rel=0.05) and a != c
-    before = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--batch", "4", "--steps", "4", "--threads", "1",
-         "--variants", "default", "--before-gan", "--profile-all", "--set", "train.loss.perceptual=none",
-         "--out", str(out / "pre")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert before.returncode == 0, before.stderr[-3000:]
-    (pre,) = json.loads((out / "pre" / "cpu_step.json").read_text())["rows"]
+    (pre,) = rows_of(out / "pre", "--variants", "default", "--before-gan", "--profile-all")
     assert pre["gan"] is False and pre["phase_seconds_per_step"]["autoencoder"] > 0
     assert pre["phase_seconds_per_step"]["discriminator"] == 0 and pre["phase_seconds_per_step"]["r1"] == 0
     assert pre["first_step_losses"]["d_loss"] == 0 and pre["first_step_losses"]["loss"] < a  # no adversarial term
