@@ -5,7 +5,8 @@
     python benchmarks/plots.py A.json B.json --combine compression_all --out docs/
 
 Each file is drawn by its kind (its name's first word): compression (bars, and quality
-against compression), steps, gamma (quality against γ), ablation, resolution, generation.
+against compression), steps, gamma (quality against γ), ablation (bars, or quality over the
+arms with one line per grid where the arms were decoded on several), resolution, generation.
 Quality panels show PSNR, fd_indep (Fréchet distance in the independent network's space, the
 measure no training loss uses) and, where the file has it, fd_domain (in the perceptual loss's
 own network's space), with the spread over decoding seeds; none of them is Inception FID.
@@ -105,9 +106,11 @@ def series_over(result: dict, x_of) -> dict[str, list]:
     return series
 
 
-def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: bool = False) -> None:
-    """Quality against a per-row quantity `x_of(row)` (compression, evaluation resolution, γ):
-    one line per `series_over` label."""
+def quality_over(
+    result: dict, x_of, xlabel: str, title: str, path: Path, log2: bool = False, ticks: list[str] | None = None
+) -> None:
+    """Quality against a per-row quantity `x_of(row)` (compression, evaluation resolution, γ, or
+    an arm's position, named by `ticks`): one line per `series_over` label."""
     series = series_over(result, x_of)
     metrics = metrics_of(result)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
@@ -119,12 +122,19 @@ def quality_over(result: dict, x_of, xlabel: str, title: str, path: Path, log2: 
             ax.set_xlabel(xlabel)
             if log2:
                 ax.set_xscale("log", base=2)
+            if ticks:
+                ax.set_xticks(range(len(ticks)), [textwrap.fill(t, 12) for t in ticks], fontsize=7)
             ax.set_title(name, fontsize=9)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title} ({result['machine']}, {result['date']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def arm_positions(result: dict) -> dict[str, int]:
+    """Arm name -> its place in the order the rows first name it (an ablation's x axis)."""
+    return {arm: i for i, arm in enumerate(dict.fromkeys(row["arm"] for row in result["rows"]))}
 
 
 def _gamma(row: dict) -> float:
@@ -191,6 +201,10 @@ def main() -> None:
             generation_bars(result, out / f"{stem}.png")
         elif stem.startswith("gamma"):  # one arm per γ: quality against γ, one line per step count
             quality_over(result, _gamma, "noise scaling γ", "quality vs γ", out / f"{stem}.png")
+        elif stem.startswith("ablation") and len({r["eval"].get("grid") for r in result["rows"]}) > 1:
+            pos = arm_positions(result)  # every arm decoded on several grids: one line per grid over the arms
+            quality_over(result, lambda r, pos=pos: pos[r["arm"]], "cumulative ablation (each arm adds one ingredient)",
+                         "ablation, both grids", out / f"{stem}.png", ticks=list(pos))  # fmt: skip
         elif stem.startswith("resolution"):  # trained at one size, evaluated at several
             quality_over(result, lambda r: r["eval"]["resolution"], "evaluation resolution (px)",
                          "quality vs resolution, trained at 32 px", out / f"{stem}.png", log2=True)  # fmt: skip

@@ -88,6 +88,29 @@ def test_plot_series_one_line_per_grid():
     assert set(one_grid) == {"ε-VAE, 1 step", "ε-VAE, 3 step"}
 
 
+def test_plot_ablation_over_arms(tmp_path):
+    """An ablation decoded on two grids is drawn over the arms, in the rows' order, one line per grid."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plots import arm_positions, main, series_over
+
+    def row(arm, grid, fd3):
+        m = {"psnr": {"mean": 24.0, "std": 0}, "fd_indep": {"mean": fd3, "std": 0}}
+        return {"arm": arm, "eval": {"kind": "epsilon", "grid": grid, "results": {"1": m, "3": m}}}
+
+    rows = [row("velocity only", "uniform", 0.094), row("velocity only", "reversed-log", 0.093),
+            row("+ perceptual", "uniform", 0.047), row("+ perceptual", "reversed-log", 0.041)]  # fmt: skip
+    result = {"rows": rows, "machine": "test", "date": "2026-11-29", "command": "x"}
+    pos = arm_positions(result)
+    assert pos == {"velocity only": 0, "+ perceptual": 1}
+    series = series_over(result, lambda r: pos[r["arm"]])
+    assert [(x, m["fd_indep"]["mean"]) for x, m in series["ε-VAE, 3 step, reversed-log"]] == [(0, 0.093), (1, 0.041)]
+    path = tmp_path / "ablation_test.json"
+    path.write_text(json.dumps(result))
+    sys.argv = ["plots.py", str(path), "--out", str(tmp_path)]
+    main()
+    assert (tmp_path / "ablation_test.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_gamma_quick(fmnist, tmp_path):
     result = _quick("gamma", tmp_path / "g", "--gammas", "1.0,0.4")
