@@ -163,6 +163,9 @@ def test_train_only_then_evaluate(fmnist, tmp_path):
     row = _quick("ablation", tmp_path / "a", "--arms", "2")["rows"][0]
     assert row["arm"] == "+ perceptual" and row["run"] == str(run)
     assert row["train_seconds"] == first["total_seconds"] and "psnr" in row["eval"]["results"]["1"]
+    assert row["grid"] == row["eval"]["grid"] == "uniform"  # the arm's own grid
+    other = _quick("ablation", tmp_path / "b", "--arms", "2", "--grid", "reversed-log")["rows"][0]
+    assert other["run"] == str(run) and other["grid"] == other["eval"]["grid"] == "reversed-log"  # same run, re-decoded
 
 
 @pytest.mark.slow
