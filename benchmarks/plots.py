@@ -6,7 +6,7 @@
 
 Each file is drawn by its kind (its name's first word): compression (bars, and quality
 against compression), steps, gamma (quality against γ), ablation (bars, or quality over the
-arms with one line per grid where the arms were decoded on several), resolution, generation.
+arms with one line per grid where arms were decoded on several), resolution, generation.
 Quality panels show PSNR, fd_indep (Fréchet distance in the independent network's space, the
 measure no training loss uses) and, where the file has it, fd_domain (in the perceptual loss's
 own network's space), with the spread over decoding seeds; none of them is Inception FID.
@@ -137,6 +137,15 @@ def arm_positions(result: dict) -> dict[str, int]:
     return {arm: i for i, arm in enumerate(dict.fromkeys(row["arm"] for row in result["rows"]))}
 
 
+def arms_on_several_grids(result: dict) -> bool:
+    """Whether some arm was decoded on more than one grid (then an ablation is drawn over its
+    arms, one line per grid; the script's own file, one grid per arm, stays bars)."""
+    grids: dict[str, set] = {}
+    for row in result["rows"]:
+        grids.setdefault(row["arm"], set()).add(row["eval"].get("grid"))
+    return any(len(g) > 1 for g in grids.values())
+
+
 def _gamma(row: dict) -> float:
     """A γ-sweep row's γ (rows written before the field existed carry it in the arm name)."""
     return float(row["gamma"]) if "gamma" in row else float(row["arm"].removeprefix("gamma="))
@@ -201,7 +210,7 @@ def main() -> None:
             generation_bars(result, out / f"{stem}.png")
         elif stem.startswith("gamma"):  # one arm per γ: quality against γ, one line per step count
             quality_over(result, _gamma, "noise scaling γ", "quality vs γ", out / f"{stem}.png")
-        elif stem.startswith("ablation") and len({r["eval"].get("grid") for r in result["rows"]}) > 1:
+        elif stem.startswith("ablation") and arms_on_several_grids(result):
             pos = arm_positions(result)  # every arm decoded on several grids: one line per grid over the arms
             quality_over(result, lambda r, pos=pos: pos[r["arm"]], "cumulative ablation (each arm adds one ingredient)",
                          "ablation, both grids", out / f"{stem}.png", ticks=list(pos))  # fmt: skip

@@ -91,7 +91,7 @@ def test_plot_series_one_line_per_grid():
 def test_plot_ablation_over_arms(tmp_path):
     """An ablation decoded on two grids is drawn over the arms, in the rows' order, one line per grid."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from plots import arm_positions, main, series_over
+    from plots import arm_positions, arms_on_several_grids, main, series_over
 
     def row(arm, grid, fd3):
         m = {"psnr": {"mean": 24.0, "std": 0}, "fd_indep": {"mean": fd3, "std": 0}}
@@ -102,6 +102,9 @@ def test_plot_ablation_over_arms(tmp_path):
     result = {"rows": rows, "machine": "test", "date": "2026-11-29", "command": "x"}
     pos = arm_positions(result)
     assert pos == {"velocity only": 0, "+ perceptual": 1}
+    assert arms_on_several_grids(result)
+    # the script's own file (one grid per arm, the last arm on another grid) stays bars
+    assert not arms_on_several_grids({"rows": [rows[0], row("+ reversed-log grid", "reversed-log", 0.02)]})
     series = series_over(result, lambda r: pos[r["arm"]])
     assert [(x, m["fd_indep"]["mean"]) for x, m in series["ε-VAE, 3 step, reversed-log"]] == [(0, 0.093), (1, 0.041)]
     path = tmp_path / "ablation_test.json"
