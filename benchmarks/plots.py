@@ -211,7 +211,7 @@ def main() -> None:
         elif stem.startswith("gamma"):  # one arm per γ: quality against γ, one line per step count
             quality_over(result, _gamma, "noise scaling γ", "quality vs γ", out / f"{stem}.png")
         elif stem.startswith("ablation") and arms_on_several_grids(result):
-            pos = arm_positions(result)  # every arm decoded on several grids: one line per grid over the arms
+            pos = arm_positions(result)  # some arm decoded on several grids: one line per grid over the arms
             quality_over(result, lambda r, pos=pos: pos[r["arm"]], "cumulative ablation (each arm adds one ingredient)",
                          "ablation, both grids", out / f"{stem}.png", ticks=list(pos))  # fmt: skip
         elif stem.startswith("resolution"):  # trained at one size, evaluated at several

@@ -88,7 +88,7 @@ def test_plot_series_one_line_per_grid():
     assert set(one_grid) == {"ε-VAE, 1 step", "ε-VAE, 3 step"}
 
 
-def test_plot_ablation_over_arms(tmp_path):
+def test_plot_ablation_over_arms(tmp_path, monkeypatch):
     """An ablation decoded on two grids is drawn over the arms, in the rows' order, one line per grid."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from plots import arm_positions, arms_on_several_grids, main, series_over
@@ -109,7 +109,7 @@ def test_plot_ablation_over_arms(tmp_path):
     assert [(x, m["fd_indep"]["mean"]) for x, m in series["ε-VAE, 3 step, reversed-log"]] == [(0, 0.093), (1, 0.041)]
     path = tmp_path / "ablation_test.json"
     path.write_text(json.dumps(result))
-    sys.argv = ["plots.py", str(path), "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["plots.py", str(path), "--out", str(tmp_path)])
     main()
     assert (tmp_path / "ablation_test.png").stat().st_size > 0
 
