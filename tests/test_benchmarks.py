@@ -505,6 +505,8 @@ def test_recipe_quick(fmnist, tmp_path):
         ("disc-patch", 0, "reversed-log"), ("disc-patch", 1, "reversed-log"),
     ]  # fmt: skip
     assert rows[2]["run"] != rows[3]["run"] and rows[2]["run"] == rows[4]["run"]
+    # one step (t = 1 to 0) is grid-independent: decoded on the first grid only
+    assert [list(r["eval"]["results"]) for r in rows[2:]] == [["1", "3"], ["1", "3"], ["3"], ["3"]]
     summary = {(s["variant"], s["grid"]): s["results"] for s in result["summary"]}
     psnr = summary[("disc-patch", "uniform")]["3"]["psnr"]
     assert psnr["per_seed"] == [
