@@ -17,6 +17,7 @@ from epsvae.checkpoint import flatten  # noqa: E402
 from epsvae.config import ConfigError, RunConfig, apply_overrides, to_dict  # noqa: E402
 from epsvae.engine import RunInterrupted  # noqa: E402
 from epsvae.evaluate import FD_NOTES, evaluate  # noqa: E402
+from epsvae.features import auto_network  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
 
@@ -98,6 +99,37 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
     return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
 
 
+def _tree_digest(*paths: Path, pattern: str = "*") -> str:
+    """sha256 over the names and bytes of every file matching `pattern` under `paths` (directories)."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(f for f in root.rglob(pattern) if f.is_file())
+        for f in files:
+            h.update(f.relative_to(root.parent).as_posix().encode() + b"\0")
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+                    h.update(block)
+    return h.hexdigest()
+
+
+def eval_key(run: Path, data: str, limit, steps, seeds, grid, resolution) -> str:
+    """What an evaluation's numbers depend on: the exported model's files, the data and settings,
+    both feature networks' files, the device, torch, and the source of the epsvae package (any
+    change to it makes a new key: a cached report is only reused by the code that produced it)."""
+    model_cfg = json.loads((run / "model" / "config.json").read_text())
+    res, chans = resolution or model_cfg["image_size"], model_cfg["image_channels"]
+    nets = [auto_network(role, data, res, chans) for role in ("indep", "perceptual")]  # FID_FEATURES's two
+    settings = {
+        "data": data, "limit": limit, "steps": list(steps), "seeds": list(seeds), "grid": grid,
+        "resolution": resolution, "features": FID_FEATURES, "device": DEVICE, "torch": torch.__version__,
+    }  # fmt: skip
+    parts = [json.dumps(settings, sort_keys=True), _tree_digest(run / "model"), _tree_digest(*nets), SOURCE_DIGEST]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+SOURCE_DIGEST = _tree_digest(Path(__file__).resolve().parents[1] / "src" / "epsvae", pattern="*.py")
+
+
 def eval_arm(
     run: Path,
     data: str,
@@ -106,12 +138,25 @@ def eval_arm(
     seeds: list[int],
     grid: str | None = None,
     resolution: int | None = None,
+    reuse: bool = True,
 ) -> dict:
     """PSNR, SSIM, fd_indep and fd_domain of the test split at each decoding step count, over seeds.
 
     fd_indep (the independent network's space) is the measure to judge by; fd_domain, in the
-    perceptual loss's own network's space, stays beside it for comparison with older results."""
-    return evaluate(
+    perceptual loss's own network's space, stays beside it for comparison with older results.
+
+    Each report is kept in the run's evals/ under `eval_key` and reused (with `cached_from`: the
+    file and the date it was measured) when the same evaluation is asked again, e.g. when a
+    two-seed table is rebuilt after a new seed finished; `reuse=False` (--reevaluate) measures anew."""
+    cache = run / "evals" / f"{eval_key(run, data, limit, steps, seeds, grid, resolution)}.json"
+    if reuse and cache.is_file():
+        try:
+            kept = json.loads(cache.read_text())
+            print(f"[{run.name}] evaluation reused from {cache} (measured {kept['date']})")
+            return {**kept["report"], "cached_from": {"file": str(cache), "date": kept["date"]}}
+        except (OSError, ValueError, KeyError) as e:  # unreadable: measure again and rewrite it
+            print(f"[{run.name}] ignoring an unreadable cached evaluation {cache}: {e}", file=sys.stderr)
+    report = evaluate(
         run / "model",
         data,
         "test",
@@ -124,6 +169,15 @@ def eval_arm(
         grid=grid,
         resolution=resolution,
     )
+    kept = {"date": time.strftime("%Y-%m-%d"), "machine": new_result()["machine"], "report": report}
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept))
+        tmp.replace(cache)  # atomic: a killed evaluation leaves no half-written report
+    except OSError as e:  # e.g. a read-only run directory: the report is still returned
+        print(f"[{run.name}] could not keep the evaluation in {cache}: {e}", file=sys.stderr)
+    return report
 
 
 def save(result: dict, path: Path) -> None:
@@ -182,6 +236,12 @@ def parse(doc: str, out: str, add=None):
         help="train the arms into the run cache and stop (e.g. one process per arm on a big machine); "
         "a later run without it evaluates them without retraining",
     )
+    ap.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="measure every evaluation anew instead of reusing the report kept in the run's evals/ "
+        "(kept reports are only reused for the same model files, settings and epsvae source)",
+    )
     args = ap.parse_args()
     args.runs = Path(args.runs) if args.runs else Path(args.out).parent / "runs"
     limit, seeds = (16, [0]) if args.quick else (args.limit, [int(s) for s in args.seeds.split(",")])
@@ -206,7 +266,7 @@ def arm_row(
     if args.train_only:
         print(f"[{name}] trained: {run} (step {step}, {seconds:.0f} s)")
         return None
-    report = eval_arm(run, cfg.train.data, limit, list(decode_steps), seeds, grid, resolution)
+    report = eval_arm(run, cfg.train.data, limit, list(decode_steps), seeds, grid, resolution, not args.reevaluate)
     c, h, w = cfg.model.image_shape
     lc, lh, lw = cfg.model.latent_shape
     return {

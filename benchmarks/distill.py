@@ -48,7 +48,7 @@ def main() -> None:
         ("teacher", teacher, [1, args.teacher_steps]),
         ("student (distilled)", student, [1]),
     ):
-        report = eval_arm(run, data, limit, steps, seeds)
+        report = eval_arm(run, data, limit, steps, seeds, reuse=not args.reevaluate)
         row = {"arm": name, "run": str(run), "train_steps": final["step"] if run == student else "-", "eval": report}
         if run == student:
             row["train_seconds"] = final.get("total_seconds", final["seconds"])

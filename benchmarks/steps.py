@@ -30,7 +30,7 @@ def main() -> None:
         run, _, _, train_steps = train_arm(args.runs, "eps-fmnist", args.set, args.steps, args.quick)
     decode_steps = [int(s) for s in args.decode_steps.split(",")]
     for grid in ("reversed-log", "uniform"):
-        report = eval_arm(run, args.data, limit, decode_steps, seeds, grid=grid)
+        report = eval_arm(run, args.data, limit, decode_steps, seeds, grid=grid, reuse=not args.reevaluate)
         row = {"arm": grid, "model": str(run), "overrides": args.set, "train_steps": train_steps, "eval": report}
         result["rows"].append(row)
         save(result, out / "steps.json")

@@ -189,6 +189,33 @@ def test_set_overrides_every_arm(fmnist, tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluations_are_kept_and_reused(fmnist, tmp_path):
+    """A second benchmark over the same trained run reuses the evaluation kept in the run's evals/
+    (marked with where it came from, the same numbers); --reevaluate measures anew; the key
+    changes with the model's files."""
+    first = _quick("gamma", tmp_path / "g", "--gammas", "1.0")["rows"][0]
+    again = _quick("gamma", tmp_path / "g2", "--gammas", "1.0")["rows"][0]
+    assert "cached_from" not in first["eval"] and first["run"] == again["run"]
+    kept = Path(again["eval"].pop("cached_from")["file"])
+    assert kept.parent == Path(first["run"]) / "evals" and kept.is_file()
+    assert again["eval"] == first["eval"]
+    fresh = _quick("gamma", tmp_path / "g3", "--gammas", "1.0", "--reevaluate")["rows"][0]
+    assert "cached_from" not in fresh["eval"]
+    assert fresh["eval"]["results"]["3"]["psnr"] == first["eval"]["results"]["3"]["psnr"]  # deterministic decode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _common import eval_key
+
+    run = Path(first["run"])
+    key = eval_key(run, "fashion-mnist", 16, [1, 3], [0], None, None)
+    assert key == kept.stem
+    (run / "model" / "notes.txt").write_text("another model")
+    assert eval_key(run, "fashion-mnist", 16, [1, 3], [0], None, None) != key
+    assert eval_key(run, "fashion-mnist", 16, [1, 3], [0], "uniform", None) != eval_key(
+        run, "fashion-mnist", 16, [1, 3], [0], None, None
+    )
+
+
 def test_steps_quick(fmnist, tmp_path):
     result = _quick("steps", tmp_path / "s", "--decode-steps", "1,2,5")
     assert [r["arm"] for r in result["rows"]] == ["reversed-log", "uniform"]
