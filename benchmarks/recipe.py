@@ -94,6 +94,34 @@ def main() -> None:
             if args.train_only:
                 break  # one grid trains the runs; the others only evaluate
     print_summary(result)
+    if result["summary"]:
+        (out / "recipe.md").write_text(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The summary as a docs table: mean ± half the range over training seeds, each seed's fd_indep,
+    and fd_indep as a multiple of the VAE's mean (when the VAE is among the variants)."""
+    vae = next((s for s in result["summary"] if s["variant"] == "vae"), None)
+    ref = vae["results"]["deterministic"]["fd_indep"]["mean"] if vae else None
+    lines = [
+        f"{result['machine']}, {result['date']}: `{result['command']}`",
+        "",
+        "| variant | grid | steps | seeds | PSNR (dB) | SSIM | fd_indep | x VAE | fd_indep per seed | fd_domain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in result["summary"]:
+        for key, m in s["results"].items():
+            cell = lambda k, d: f"{m[k]['mean']:.{d}f} ± {m[k]['half_range']:.{d}f}" if k in m else "-"  # noqa: E731, B023
+            fd = m.get("fd_indep")
+            ratio = f"{fd['mean'] / ref:.2f}" if ref and fd else "-"
+            per = ", ".join(f"{v:.4f}" for v in fd["per_seed"]) if fd else "-"
+            steps = "-" if key == "deterministic" else key
+            lines.append(
+                f"| {s['variant']} | {s['grid'] or '-'} | {steps} | {len(m['psnr']['per_seed'])} | {cell('psnr', 2)} "
+                f"| {cell('ssim', 3)} | {cell('fd_indep', 4)} | {ratio} | {per} | {cell('fd_domain', 4)} |"
+            )
+    lines += ["", "± is half the range over training seeds; each seed's value is the mean over decoding seeds."]
+    return "\n".join(lines) + "\n"
 
 
 def print_summary(result: dict) -> None:

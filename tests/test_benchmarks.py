@@ -542,6 +542,14 @@ def test_recipe_quick(fmnist, tmp_path):
     ]
     assert psnr["mean"] == pytest.approx(sum(psnr["per_seed"]) / 2)
     assert psnr["half_range"] == pytest.approx(abs(psnr["per_seed"][0] - psnr["per_seed"][1]) / 2)
+    table = (tmp_path / "r" / "recipe.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| disc-patch") or line.startswith("| vae")]
+    assert [line.split(" | ")[1:4] for line in body] == [
+        ["-", "-", "2"], ["uniform", "1", "2"], ["uniform", "3", "2"], ["reversed-log", "3", "2"]
+    ]  # fmt: skip
+    fd = summary[("disc-patch", "uniform")]["3"]["fd_indep"]
+    vae_fd = summary[("vae", None)]["deterministic"]["fd_indep"]["mean"]
+    assert f"| {fd['mean'] / vae_fd:.2f} | {fd['per_seed'][0]:.4f}, {fd['per_seed'][1]:.4f} |" in body[2]
 
 
 def test_distill_quick(fmnist, tmp_path):
