@@ -99,6 +99,18 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
     return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
 
 
+def is_trained(runs: Path, preset: str, overrides: list[str], steps: int | None, quick: bool) -> bool:
+    """Whether this arm's run has finished its steps (final.json at the configured step), without training."""
+    overrides = overrides + (QUICK if quick else [])
+    steps = 3 if quick else steps
+    run = run_dir(runs, preset, overrides, steps)
+    try:
+        cfg_steps = json.loads((run / "config.json").read_text())["train"]["steps"]
+        return json.loads((run / "final.json").read_text())["step"] >= cfg_steps
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def _tree_digest(*paths: Path, pattern: str = "*") -> str:
     """sha256 over the names and bytes of every file matching `pattern` under `paths` (directories)."""
     h = hashlib.sha256()

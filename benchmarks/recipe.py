@@ -2,6 +2,7 @@
 
     python benchmarks/recipe.py [--variants base,disc-stylegan,...] [--train-seeds 0,1] [--grids reversed-log,uniform]
                                 [--steps N] [--limit N] [--out results/recipe] [--quick] [--train-only]
+                                [--trained-only] [--reevaluate]
 
 Every variant is eps-fmnist (or the VAE) with a few overrides, trained with the presets'
 budget once per training seed (`train.seed`), then evaluated on the test split at 3 decoding
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import statistics
 
-from _common import arm_row, parse, save
+from _common import arm_row, is_trained, parse, save
 
 from epsvae.evaluate import FD_NOTES
 
@@ -67,6 +68,12 @@ def main() -> None:
         ap.add_argument("--variants", default=",".join(VARIANTS))
         ap.add_argument("--train-seeds", default="0,1")
         ap.add_argument("--grids", default="reversed-log,uniform", help="evaluation grids (ε-VAE variants)")
+        ap.add_argument(
+            "--trained-only",
+            action="store_true",
+            help="evaluate only the (variant, seed) runs that have finished training, listing the others "
+            "(a study in progress: its table so far, while other processes train the rest)",
+        )
 
     args, limit, seeds, out, result = parse(__doc__, "results/recipe", add)
     names = [v.strip() for v in args.variants.split(",")]
@@ -84,6 +91,11 @@ def main() -> None:
             rows = []
             for s in train_seeds:
                 tag, sets = f"{name} s{s}", [*overrides, f"train.seed={s}"]
+                if args.trained_only and not is_trained(args.runs, preset, sets + args.set, args.steps, args.quick):
+                    if gi == 0:
+                        print(f"[{tag}] not trained yet: left out")
+                        result.setdefault("not_trained", []).append(tag)
+                    continue
                 row = arm_row(tag, preset, sets, args, limit, seeds, decode_steps=steps, grid=grid)
                 if row is not None:
                     rows.append(row)
@@ -121,6 +133,8 @@ def markdown(result: dict) -> str:
                 f"| {cell('ssim', 3)} | {cell('fd_indep', 4)} | {ratio} | {per} | {cell('fd_domain', 4)} |"
             )
     lines += ["", "± is half the range over training seeds; each seed's value is the mean over decoding seeds."]
+    if result.get("not_trained"):
+        lines.append(f"Not trained yet, left out: {', '.join(result['not_trained'])}.")
     return "\n".join(lines) + "\n"
 
 

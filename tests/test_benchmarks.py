@@ -552,6 +552,22 @@ def test_recipe_quick(fmnist, tmp_path):
     assert f"| {fd['mean'] / vae_fd:.2f} | {fd['per_seed'][0]:.4f}, {fd['per_seed'][1]:.4f} |" in body[2]
 
 
+def test_recipe_trained_only(fmnist, tmp_path):
+    """--trained-only evaluates the finished (variant, seed) runs, lists the others and trains nothing."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--quick", "--out", str(tmp_path / "r"),
+         "--variants", "vae", "--train-seeds", "0", "--train-only"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+    result = _quick("recipe", tmp_path / "r", "--variants", "vae", "--train-seeds", "0,1", "--trained-only")
+    assert [(r["variant"], r["train_seed"]) for r in result["rows"]] == [("vae", 0)]
+    assert result["not_trained"] == ["vae s1"]
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing trained, no run directory made
+    assert "Not trained yet, left out: vae s1." in (tmp_path / "r" / "recipe.md").read_text()
+
+
 def test_distill_quick(fmnist, tmp_path):
     """The distillation benchmark trains a student of a trained run and reports teacher (1 and 3
     steps) and student (1 step) rows."""
