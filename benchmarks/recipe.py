@@ -110,6 +110,14 @@ def main() -> None:
         (out / "recipe.md").write_text(markdown(result))
 
 
+def _cell(stat: dict | None, digits: int) -> str:
+    """'mean ± half-range' over training seeds; the mean alone from one seed (no spread to show)."""
+    if stat is None:
+        return "-"
+    spread = f" ± {stat['half_range']:.{digits}f}" if len(stat["per_seed"]) > 1 else ""
+    return f"{stat['mean']:.{digits}f}{spread}"
+
+
 def markdown(result: dict) -> str:
     """The summary as a docs table: mean ± half the range over training seeds, each seed's fd_indep,
     and fd_indep as a multiple of the VAE's mean (when the VAE is among the variants)."""
@@ -123,7 +131,7 @@ def markdown(result: dict) -> str:
     ]
     for s in result["summary"]:
         for key, m in s["results"].items():
-            cell = lambda k, d: f"{m[k]['mean']:.{d}f} ± {m[k]['half_range']:.{d}f}" if k in m else "-"  # noqa: E731, B023
+            cell = lambda k, d: _cell(m.get(k), d)  # noqa: E731, B023
             fd = m.get("fd_indep")
             ratio = f"{fd['mean'] / ref:.2f}" if ref and fd else "-"
             per = ", ".join(f"{v:.4f}" for v in fd["per_seed"]) if fd else "-"
@@ -132,7 +140,8 @@ def markdown(result: dict) -> str:
                 f"| {s['variant']} | {s['grid'] or '-'} | {steps} | {len(m['psnr']['per_seed'])} | {cell('psnr', 2)} "
                 f"| {cell('ssim', 3)} | {cell('fd_indep', 4)} | {ratio} | {per} | {cell('fd_domain', 4)} |"
             )
-    lines += ["", "± is half the range over training seeds; each seed's value is the mean over decoding seeds."]
+    lines += ["", "± is half the range over training seeds (none shown for one seed); each seed's value is the mean "
+              "over decoding seeds."]  # fmt: skip
     if result.get("not_trained"):
         lines.append(f"Not trained yet, left out: {', '.join(result['not_trained'])}.")
     return "\n".join(lines) + "\n"

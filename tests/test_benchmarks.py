@@ -565,7 +565,10 @@ def test_recipe_trained_only(fmnist, tmp_path):
     assert [(r["variant"], r["train_seed"]) for r in result["rows"]] == [("vae", 0)]
     assert result["not_trained"] == ["vae s1"]
     assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing trained, no run directory made
-    assert "Not trained yet, left out: vae s1." in (tmp_path / "r" / "recipe.md").read_text()
+    table = (tmp_path / "r" / "recipe.md").read_text()
+    assert "Not trained yet, left out: vae s1." in table
+    psnr = result["rows"][0]["eval"]["results"]["deterministic"]["psnr"]["mean"]
+    assert f"| vae | - | - | 1 | {psnr:.2f} | " in table  # one seed: the mean, no spread
 
 
 def test_distill_quick(fmnist, tmp_path):
