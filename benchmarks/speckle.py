@@ -163,11 +163,13 @@ def main() -> None:
         for weights, m in variants:
             settings = [(None, None, 1.0)]  # a VAE decodes deterministically; an explicit grid implies its steps
             if cfg.kind == "epsilon":
+                first = next((g for g in grids if isinstance(g, str)), None)
                 settings = [
                     (g, s, tau)
                     for tau in temperatures
                     for g in grids
                     for s in (steps if isinstance(g, str) else [len(g) - 1])
+                    if not (s == 1 and isinstance(g, str) and g != first)  # one step (t = 1 to 0): any named grid
                 ]
             for grid, s, tau in settings:
                 t0 = time.perf_counter()

@@ -505,15 +505,18 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "speckle.py"), "--limit", "8", "--raw", "--out", str(tmp_path / "s"),
          "--models", f"eps={tmp_path / 'eps'},vae={tmp_path / 'vae'}",
-         "--decode-steps", "1,3", "--grids", "uniform,1:0.5:0.1:0", "--temperatures", "1,0.5"],
+         "--decode-steps", "1,3", "--grids", "uniform,reversed-log,1:0.5:0.1:0", "--temperatures", "1,0.5"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "s" / "speckle.json").read_text())["rows"]
     eps = [(r["weights"], r["grid"], r["steps"]) for r in rows if r["model"] == "eps"]
-    assert eps[:3] == [("ema", "uniform", 1), ("ema", "uniform", 3), ("ema", "1:0.5:0.1:0", 3)]
-    assert len(eps) == 12 and eps[6:] == [("raw", *e[1:]) for e in eps[:6]]
-    assert [r["temperature"] for r in rows[:6]] == [1, 1, 1, 0.5, 0.5, 0.5]
+    # one step is the same on every named grid: decoded on the first only
+    assert eps[:4] == [
+        ("ema", "uniform", 1), ("ema", "uniform", 3), ("ema", "reversed-log", 3), ("ema", "1:0.5:0.1:0", 3)
+    ]  # fmt: skip
+    assert len(eps) == 16 and eps[8:] == [("raw", *e[1:]) for e in eps[:8]]
+    assert [r["temperature"] for r in rows[:8]] == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5]
     assert all(r["fd_indep"] >= 0 for r in rows)
     vae = [r for r in rows if r["model"] == "vae"]
     assert len(vae) == 1 and "seed_std" not in vae[0] and vae[0]["flat_pixels"] > 0
