@@ -107,6 +107,7 @@ def main() -> None:
                 break  # one grid trains the runs; the others only evaluate
     print_summary(result)
     if result["summary"]:
+        save(result, out / "recipe.json")  # again: the runs not trained yet of the last variants
         (out / "recipe.md").write_text(markdown(result))
 
 

@@ -564,12 +564,12 @@ def test_recipe_trained_only(fmnist, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "runs").iterdir())) == 1
-    result = _quick("recipe", tmp_path / "r", "--variants", "vae", "--train-seeds", "0,1", "--trained-only")
+    result = _quick("recipe", tmp_path / "r", "--variants", "vae,base", "--train-seeds", "0,1", "--trained-only")
     assert [(r["variant"], r["train_seed"]) for r in result["rows"]] == [("vae", 0)]
-    assert result["not_trained"] == ["vae s1"]
+    assert result["not_trained"] == ["vae s1", "base s0", "base s1"]  # the last variant's too
     assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing trained, no run directory made
     table = (tmp_path / "r" / "recipe.md").read_text()
-    assert "Not trained yet, left out: vae s1." in table
+    assert "Not trained yet, left out: vae s1, base s0, base s1." in table
     psnr = result["rows"][0]["eval"]["results"]["deterministic"]["psnr"]["mean"]
     assert f"| vae | - | - | 1 | {psnr:.2f} | " in table  # one seed: the mean, no spread
 
