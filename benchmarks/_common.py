@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -19,6 +20,7 @@ from epsvae.engine import RunInterrupted  # noqa: E402
 from epsvae.evaluate import FD_NOTES, evaluate  # noqa: E402
 from epsvae.features import auto_network  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
+from epsvae.rundir import RunIOError, write_json  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
 
 # --quick: shrink every network and the budget to a smoke test that runs in seconds
@@ -78,13 +80,17 @@ def run_dir(runs: Path, preset: str, overrides: list[str], steps: int | None) ->
     return runs / f"{preset}-{config_digest(cfg)}"
 
 
+def _arm_settings(overrides: list[str], steps: int | None, quick: bool) -> tuple[list[str], int | None]:
+    """An arm's overrides and steps as trained: --quick adds the tiny networks and 3 steps."""
+    return overrides + (QUICK if quick else []), 3 if quick else steps
+
+
 def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, quick: bool):
     """Train (or resume, or find finished) one arm; returns (run dir, RunConfig, training seconds).
 
     The seconds are the engine's wall time for the whole run, read back from its final.json,
     so an arm another benchmark already trained reports the time it took then."""
-    overrides = overrides + (QUICK if quick else [])
-    steps = 3 if quick else steps
+    overrides, steps = _arm_settings(overrides, steps, quick)
     try:
         run = run_dir(runs, preset, overrides, steps)
         cfg = prepare_run(run, preset, overrides, steps=steps)
@@ -99,11 +105,11 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
     return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
 
 
-def is_trained(runs: Path, preset: str, overrides: list[str], steps: int | None, quick: bool) -> bool:
-    """Whether this arm's run has finished its steps (final.json at the configured step), without training."""
-    overrides = overrides + (QUICK if quick else [])
-    steps = 3 if quick else steps
-    run = run_dir(runs, preset, overrides, steps)
+def is_trained(preset: str, overrides: list[str], args) -> bool:
+    """Whether the run that `arm_row` would use (the same arguments) has finished its steps
+    (final.json at the configured step), without training anything."""
+    overrides, steps = _arm_settings(overrides + args.set, args.steps, args.quick)
+    run = run_dir(args.runs, preset, overrides, steps)
     try:
         cfg_steps = json.loads((run / "config.json").read_text())["train"]["steps"]
         return json.loads((run / "final.json").read_text())["step"] >= cfg_steps
@@ -135,11 +141,14 @@ def eval_key(run: Path, data: str, limit, steps, seeds, grid, resolution) -> str
         "data": data, "limit": limit, "steps": list(steps), "seeds": list(seeds), "grid": grid,
         "resolution": resolution, "features": FID_FEATURES, "device": DEVICE, "torch": torch.__version__,
     }  # fmt: skip
-    parts = [json.dumps(settings, sort_keys=True), _tree_digest(run / "model"), _tree_digest(*nets), SOURCE_DIGEST]
+    parts = [json.dumps(settings, sort_keys=True), _tree_digest(run / "model"), _tree_digest(*nets), source_digest()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-SOURCE_DIGEST = _tree_digest(Path(__file__).resolve().parents[1] / "src" / "epsvae", pattern="*.py")
+@functools.cache
+def source_digest() -> str:
+    """The epsvae package's source (its .py files), once per process: part of every `eval_key`."""
+    return _tree_digest(Path(__file__).resolve().parents[1] / "src" / "epsvae", pattern="*.py")
 
 
 def eval_arm(
@@ -184,10 +193,8 @@ def eval_arm(
     kept = {"date": time.strftime("%Y-%m-%d"), "machine": new_result()["machine"], "report": report}
     try:
         cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(kept))
-        tmp.replace(cache)  # atomic: a killed evaluation leaves no half-written report
-    except OSError as e:  # e.g. a read-only run directory: the report is still returned
+        write_json(cache, kept)  # atomic: a killed evaluation leaves no half-written report
+    except (OSError, RunIOError) as e:  # e.g. a read-only run directory: the report is still returned
         print(f"[{run.name}] could not keep the evaluation in {cache}: {e}", file=sys.stderr)
     return report
 

@@ -91,7 +91,7 @@ def main() -> None:
             rows = []
             for s in train_seeds:
                 tag, sets = f"{name} s{s}", [*overrides, f"train.seed={s}"]
-                if args.trained_only and not is_trained(args.runs, preset, sets + args.set, args.steps, args.quick):
+                if args.trained_only and not is_trained(preset, sets, args):
                     if gi == 0:
                         print(f"[{tag}] not trained yet: left out")
                         result.setdefault("not_trained", []).append(tag)
@@ -111,6 +111,12 @@ def main() -> None:
         (out / "recipe.md").write_text(markdown(result))
 
 
+def vae_fd_indep(result: dict) -> float | None:
+    """The VAE variant's mean fd_indep over its training seeds (the goal's reference), if it was run."""
+    vae = next((s for s in result["summary"] if s["variant"] == "vae"), None)
+    return vae["results"]["deterministic"]["fd_indep"]["mean"] if vae else None
+
+
 def _cell(stat: dict | None, digits: int) -> str:
     """'mean ± half-range' over training seeds; the mean alone from one seed (no spread to show)."""
     if stat is None:
@@ -122,8 +128,7 @@ def _cell(stat: dict | None, digits: int) -> str:
 def markdown(result: dict) -> str:
     """The summary as a docs table: mean ± half the range over training seeds, each seed's fd_indep,
     and fd_indep as a multiple of the VAE's mean (when the VAE is among the variants)."""
-    vae = next((s for s in result["summary"] if s["variant"] == "vae"), None)
-    ref = vae["results"]["deterministic"]["fd_indep"]["mean"] if vae else None
+    ref = vae_fd_indep(result)
     lines = [
         f"{result['machine']}, {result['date']}: `{result['command']}`",
         "",
@@ -132,14 +137,14 @@ def markdown(result: dict) -> str:
     ]
     for s in result["summary"]:
         for key, m in s["results"].items():
-            cell = lambda k, d: _cell(m.get(k), d)  # noqa: E731, B023
             fd = m.get("fd_indep")
             ratio = f"{fd['mean'] / ref:.2f}" if ref and fd else "-"
             per = ", ".join(f"{v:.4f}" for v in fd["per_seed"]) if fd else "-"
             steps = "-" if key == "deterministic" else key
             lines.append(
-                f"| {s['variant']} | {s['grid'] or '-'} | {steps} | {len(m['psnr']['per_seed'])} | {cell('psnr', 2)} "
-                f"| {cell('ssim', 3)} | {cell('fd_indep', 4)} | {ratio} | {per} | {cell('fd_domain', 4)} |"
+                f"| {s['variant']} | {s['grid'] or '-'} | {steps} | {len(m['psnr']['per_seed'])} "
+                f"| {_cell(m.get('psnr'), 2)} | {_cell(m.get('ssim'), 3)} | {_cell(fd, 4)} | {ratio} | {per} "
+                f"| {_cell(m.get('fd_domain'), 4)} |"
             )
     lines += ["", "± is half the range over training seeds (none shown for one seed); each seed's value is the mean "
               "over decoding seeds."]  # fmt: skip
@@ -151,14 +156,13 @@ def markdown(result: dict) -> str:
 def print_summary(result: dict) -> None:
     if not result.get("summary"):
         return
-    vae = next((s for s in result["summary"] if s["variant"] == "vae"), None)
-    ref = vae["results"]["deterministic"] if vae else None
+    ref = vae_fd_indep(result)
     print(f"\n{result['machine']}, {result['date']}: {result['command']}")
     print(f"{'variant':<16}{'grid':<14}{'dec':>4}{'PSNR':>15}{'SSIM':>16}{'fd_indep':>16}{'x VAE':>7}{'fd_domain':>16}")
     for s in result["summary"]:
         for key, m in s["results"].items():
             cell = lambda k: f"{m[k]['mean']:.4f}±{m[k]['half_range']:.4f}" if k in m else "-"  # noqa: E731, B023
-            ratio = f"{m['fd_indep']['mean'] / ref['fd_indep']['mean']:.2f}" if ref and "fd_indep" in m else "-"
+            ratio = f"{m['fd_indep']['mean'] / ref:.2f}" if ref and "fd_indep" in m else "-"
             print(f"{s['variant']:<16}{str(s['grid'] or '-'):<14}{key[:4]:>4}{cell('psnr'):>15}{cell('ssim'):>16}"
                   f"{cell('fd_indep'):>16}{ratio:>7}{cell('fd_domain'):>16}")  # fmt: skip
     print("mean ± half the range over training seeds; fd_indep x VAE: the goal is <= 0.6 at 3 steps with PSNR >= VAE's")

@@ -146,6 +146,7 @@ def main() -> None:
     result = new_result()
     steps = [int(s) for s in args.decode_steps.split(",")]
     grids = [parse_grid(g) for g in args.grids.split(",")]
+    first = next((g for g in grids if isinstance(g, str)), None)  # the named grid that decodes one step
     temperatures = [float(v) for v in args.temperatures.split(",")]
     for item in args.models.split(","):
         name, _, path = item.partition("=")
@@ -163,7 +164,6 @@ def main() -> None:
         for weights, m in variants:
             settings = [(None, None, 1.0)]  # a VAE decodes deterministically; an explicit grid implies its steps
             if cfg.kind == "epsilon":
-                first = next((g for g in grids if isinstance(g, str)), None)
                 settings = [
                     (g, s, tau)
                     for tau in temperatures
