@@ -19,6 +19,7 @@ from epsvae.config import ConfigError, RunConfig, apply_overrides, to_dict  # no
 from epsvae.engine import RunInterrupted  # noqa: E402
 from epsvae.evaluate import FD_NOTES, evaluate  # noqa: E402
 from epsvae.features import auto_network  # noqa: E402
+from epsvae.models import WEIGHTS_NAME  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 from epsvae.rundir import RunIOError, write_json  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
@@ -96,11 +97,12 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
         cfg = prepare_run(run, preset, overrides, steps=steps)
     except ConfigError as e:  # a bad --set: say which, not a traceback
         raise SystemExit(f"{preset} with {' '.join(overrides)}: {e}") from None
-    try:
-        train(run, cfg, progress=False)
-    except RunInterrupted as exc:  # SIGINT/SIGTERM: the checkpoint is written; the same command resumes
-        print(f"[{run.name}] {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+    if not _finished(run):  # a finished run is read back, not opened by the trainer again
+        try:
+            train(run, cfg, progress=False)
+        except RunInterrupted as exc:  # SIGINT/SIGTERM: the checkpoint is written; the same command resumes
+            print(f"[{run.name}] {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
     final = json.loads((run / "final.json").read_text())
     return run, cfg, final.get("total_seconds", final["seconds"]), final["step"]
 
@@ -109,12 +111,20 @@ def is_trained(preset: str, overrides: list[str], args) -> bool:
     """Whether the run that `arm_row` would use (the same arguments) has finished its steps
     (final.json at the configured step), without training anything."""
     overrides, steps = _arm_settings(overrides + args.set, args.steps, args.quick)
-    run = run_dir(args.runs, preset, overrides, steps)
+    return _finished(run_dir(args.runs, preset, overrides, steps))
+
+
+def _finished(run: Path) -> bool:
+    """Whether the run reached its configured steps (final.json at config.json's step) and exported
+    its model at that step; anything unreadable or missing counts as not finished (the trainer then
+    resumes, or exports what a kill after the last checkpoint left unexported)."""
     try:
         cfg_steps = json.loads((run / "config.json").read_text())["train"]["steps"]
-        return json.loads((run / "final.json").read_text())["step"] >= cfg_steps
-    except (OSError, ValueError, KeyError):
+        step = json.loads((run / "final.json").read_text())["step"]
+        exported = json.loads((run / "model" / "config.json").read_text()).get("_step", step)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    return step >= cfg_steps and exported == step and (run / "model" / WEIGHTS_NAME).is_file()
 
 
 def _tree_digest(*paths: Path, pattern: str = "*") -> str:

@@ -85,13 +85,14 @@ def main() -> None:
     result["summary"] = []
     for name in names:
         preset, overrides = VARIANTS[name]
+        finished = {}  # decided once per (variant, seed): a run finishing between grids joins no table
         for gi, grid in enumerate(grids if preset.startswith("eps") else [None]):
             # one decoding step is the same on every grid (t = 1 to 0): decode it on the first grid only
             steps = (1, 3) if gi == 0 else (3,)
             rows = []
             for s in train_seeds:
                 tag, sets = f"{name} s{s}", [*overrides, f"train.seed={s}"]
-                if args.trained_only and not is_trained(preset, sets, args):
+                if args.trained_only and not finished.setdefault(s, is_trained(preset, sets, args)):
                     if gi == 0:
                         print(f"[{tag}] not trained yet: left out")
                         result.setdefault("not_trained", []).append(tag)

@@ -610,6 +610,29 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "eps-fmnist", ["model.flow.t_grid_mix=0.3"], None).name != "eps-fmnist-53b73ce8bf"
 
 
+def test_finished_arm_is_read_back_not_reopened(fmnist, tmp_path, monkeypatch):
+    """An arm whose run finished and exported its model is read back without the trainer (which
+    would print "resuming ... at step N" for a run it has nothing left to do on); one whose export
+    is missing or older than its final step goes through the trainer again, which exports it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common
+
+    run, _, seconds, step = _common.train_arm(tmp_path, "eps-fmnist", [], None, quick=True)
+    assert step == 3 and _common._finished(run)
+    calls = []
+    monkeypatch.setattr(_common, "train", lambda run, cfg, progress: calls.append(run))
+    again = _common.train_arm(tmp_path, "eps-fmnist", [], None, quick=True)
+    assert (again[0], again[2], again[3]) == (run, seconds, step)
+    assert calls == []
+    model_cfg = run / "model" / "config.json"
+    model_cfg.write_text(json.dumps({**json.loads(model_cfg.read_text()), "_step": 2}))  # an older export
+    assert not _common._finished(run)
+    _common.train_arm(tmp_path, "eps-fmnist", [], None, quick=True)
+    assert calls == [run]
+    model_cfg.unlink()
+    assert not _common._finished(run)
+
+
 def test_interrupted_arm_exits_with_the_signal_code_not_a_traceback(tmp_path, monkeypatch, capsys):
     """SIGTERM during a benchmark's training: the checkpoint is written by the engine; the script
     says where and exits 128 + signal, as `epsvae train` does."""
