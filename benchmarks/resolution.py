@@ -13,7 +13,7 @@ use a feature network trained to tell the photos' crops apart (`features:auto`).
 
 from __future__ import annotations
 
-from _common import add_row, arm_row, parse, print_table, save
+from _common import PAPER_RECIPE, add_row, arm_row, parse, print_table, save
 
 RGB_PHOTOS = ["model.image_channels=3", "train.data=skimage-photos"]
 
@@ -27,7 +27,8 @@ def main() -> None:
     for preset in args.presets.split(","):
         for res in [int(r) for r in args.resolutions.split(",")]:  # trains once, then resumes as done
             name = f"{preset.split('-')[0]} @ {res}px"
-            add_row(result, arm_row(name, preset, RGB_PHOTOS, args, limit, seeds, resolution=res))
+            sets = [*PAPER_RECIPE, *RGB_PHOTOS]  # the paper's recipe, as measured
+            add_row(result, arm_row(name, preset, sets, args, limit, seeds, resolution=res))
             save(result, out / "resolution.json")
     print_table(result)
 

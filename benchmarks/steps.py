@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import eval_arm, parse, print_table, save, train_arm
+from _common import PAPER_RECIPE, eval_arm, parse, print_table, save, train_arm
 
 
 def main() -> None:
@@ -27,7 +27,8 @@ def main() -> None:
             raise SystemExit("--set changes the arm to train; with --model nothing is trained")
         run, train_steps = Path(args.model), "-"
     else:
-        run, _, _, train_steps = train_arm(args.runs, "eps-fmnist", args.set, args.steps, args.quick)
+        sets = [*PAPER_RECIPE, *args.set]  # the paper's recipe, as measured
+        run, _, _, train_steps = train_arm(args.runs, "eps-fmnist", sets, args.steps, args.quick)
     decode_steps = [int(s) for s in args.decode_steps.split(",")]
     for grid in ("reversed-log", "uniform"):
         report = eval_arm(run, args.data, limit, decode_steps, seeds, grid=grid, reuse=not args.reevaluate)

@@ -177,7 +177,10 @@ def test_set_overrides_every_arm(fmnist, tmp_path):
     extra = ("--gammas", "1.0", "--set", "train.loss.adv_weight=2.0", "--grid", "uniform")
     row = _quick("gamma", tmp_path / "g", *extra)["rows"][0]
     assert row["grid"] == "uniform" and row["gamma"] == 1.0
-    assert row["overrides"][0] == "model.flow.gamma=1.0" and "train.loss.adv_weight=2.0" in row["overrides"]
+    sets = row["overrides"]  # the paper's recipe pinned first, the arm's γ after it, --set last
+    pinned = ("train.loss.perceptual_weight=0.5", "model.flow.gamma=1.0", "train.loss.adv_weight=2.0")
+    assert [sets.index(s) for s in pinned] == sorted(sets.index(s) for s in pinned)
+    assert json.loads((Path(row["run"]) / "config.json").read_text())["model"]["flow"]["gamma"] == 1.0
     assert json.loads((Path(row["run"]) / "config.json").read_text())["train"]["loss"]["adv_weight"] == 2.0
     bad = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gamma.py"), "--quick", "--out", str(tmp_path / "b"),
@@ -423,7 +426,8 @@ def test_frozen_quick(fmnist, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "frozen.json").read_text())["rows"]
     assert [r["preset"] for r in rows] == ["vae-fmnist", "eps-fmnist"]
-    assert rows[1]["overrides"][0].startswith("train.frozen_encoder=") and "fd_indep" in rows[1]["eval"]["results"]["3"]
+    frozen = [o for o in rows[1]["overrides"] if o.startswith("train.frozen_encoder=")]
+    assert len(frozen) == 1 and "fd_indep" in rows[1]["eval"]["results"]["3"]
 
 
 @pytest.mark.slow
@@ -601,13 +605,48 @@ def test_run_cache_keys_survive_new_config_keys():
     digest at their defaults (a new key missing from LATER_KEYS changes these pinned names; a
     changed preset recipe should, and then the pins move with it)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _common import run_dir
+    from _common import PAPER_RECIPE, run_dir
 
     runs = Path("runs")
-    assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-53b73ce8bf"
+    # the paper's recipe (eps-fmnist's default until 2026-11-29), pinned by the studies of it
+    assert run_dir(runs, "eps-fmnist", PAPER_RECIPE, None).name == "eps-fmnist-53b73ce8bf"
     assert run_dir(runs, "vae-fmnist", [], None).name == "vae-fmnist-7e37b0cf4d"
-    assert run_dir(runs, "eps-fmnist", ["train.seed=0"], None).name == "eps-fmnist-53b73ce8bf"
-    assert run_dir(runs, "eps-fmnist", ["model.flow.t_grid_mix=0.3"], None).name != "eps-fmnist-53b73ce8bf"
+    assert run_dir(runs, "vae-fmnist", PAPER_RECIPE, None).name == "vae-fmnist-7e37b0cf4d"  # the VAE's own
+    assert run_dir(runs, "eps-fmnist", [*PAPER_RECIPE, "train.seed=0"], None).name == "eps-fmnist-53b73ce8bf"
+    assert run_dir(runs, "eps-fmnist", [*PAPER_RECIPE, "model.flow.t_grid_mix=0.3"], None).name == (
+        "eps-fmnist-612b265e47"
+    )
+    # the preset today is the recipe study's `pweight01`: its trained seeds are the preset's
+    ours = [*PAPER_RECIPE, "train.loss.perceptual_weight=0.1"]
+    assert run_dir(runs, "eps-fmnist", [], None).name == run_dir(runs, "eps-fmnist", ours, None).name
+    assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-7bcf0e8056"
+    assert run_dir(runs, "eps-fmnist", ["train.seed=1"], None).name == "eps-fmnist-b40871d9f3"
+
+
+def test_eval_key_ignores_presets_but_not_other_source(tmp_path, monkeypatch):
+    """A kept evaluation depends on the package's source but presets.py: a changed preset default
+    only changes what new runs train, not how an exported model evaluates."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common
+
+    fake = tmp_path / "benchmarks" / "_common.py"
+    src = tmp_path / "src" / "epsvae"
+    shutil.copytree(ROOT / "src" / "epsvae", src, ignore=shutil.ignore_patterns("__pycache__"))
+    fake.parent.mkdir()
+    monkeypatch.setattr(_common, "__file__", str(fake))
+
+    def digest() -> str:
+        _common.source_digest.cache_clear()
+        return _common.source_digest()
+
+    first = digest()
+    (src / "presets.py").write_text((src / "presets.py").read_text() + "\n# another default\n")
+    assert digest() == first
+    (src / "flow.py").write_text((src / "flow.py").read_text() + "\n# another decoder\n")
+    assert digest() != first
+    _common.source_digest.cache_clear()
 
 
 def test_finished_arm_is_read_back_not_reopened(fmnist, tmp_path, monkeypatch):

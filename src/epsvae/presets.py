@@ -139,6 +139,12 @@ _FMNIST_TRAIN = {
     "eval_every": 500,
     "loss": {"perceptual": "features:auto", "disc_start": 500},
 }
+# The ε-VAE's own: perceptual weight 0.1 instead of the paper's 0.5. Over two training seeds
+# it meets both goal conditions at 3 reversed-log steps where 0.5 does not (fd_indep 0.32x the
+# VAE's at the VAE's PSNR, vs 0.46x at -0.47 dB), with 16-22% less speckle; docs/presets.md has
+# the figures and the setting it was chosen over (0.1 with γ = 1.0). The VAE keeps the
+# paper's 0.5: the baseline as the paper trains it.
+_EPS_FMNIST_TRAIN = {**_FMNIST_TRAIN, "loss": {**_FMNIST_TRAIN["loss"], "perceptual_weight": 0.1}}
 # Photos: any folder (--data folder:PATH); about 30 minutes for eps-photo on 2 CPU cores.
 _PHOTO_TRAIN = {
     "steps": 1000,
@@ -154,11 +160,11 @@ _PHOTO_TRAIN = {
     "loss": {"perceptual": "features:auto", "disc_start": 250},
 }
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "eps-fmnist": _FMNIST_TRAIN,
+    "eps-fmnist": _EPS_FMNIST_TRAIN,
     "vae-fmnist": _FMNIST_TRAIN,
     "eps-photo": _PHOTO_TRAIN,
     "vae-photo": _PHOTO_TRAIN,
-    "eps-fmnist-dit": _FMNIST_TRAIN,
+    "eps-fmnist-dit": _EPS_FMNIST_TRAIN,
     "eps-photo-dit": _PHOTO_TRAIN,
 }
 
