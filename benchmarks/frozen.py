@@ -12,7 +12,7 @@ deterministic one for somebody else's latents, as the consistency decoder does f
 
 from __future__ import annotations
 
-from _common import PAPER_RECIPE, QUICK, add_row, arm_row, parse, print_table, run_dir, save
+from _common import PAPER_RECIPE, _arm_settings, add_row, arm_row, parse, print_table, run_dir, save
 
 
 def main() -> None:
@@ -20,8 +20,7 @@ def main() -> None:
     vae = arm_row("VAE (its own decoder)", "vae-fmnist", [], args, limit, seeds)
     add_row(result, vae)
     # the frozen arm needs the VAE's export, which arm_row has trained (or found) by now
-    quick, steps = (QUICK, 3) if args.quick else ([], args.steps)
-    vae_model = (run_dir(args.runs, "vae-fmnist", args.set + quick, steps) / "model").resolve()
+    vae_model = (run_dir(args.runs, "vae-fmnist", *_arm_settings(args.set, args.steps, args.quick)) / "model").resolve()
     frozen = [*PAPER_RECIPE, f"train.frozen_encoder={vae_model}"]  # the paper's recipe, as measured
     add_row(result, arm_row("ε-decoder, frozen VAE encoder", "eps-fmnist", frozen, args, limit, seeds))
     save(result, out / "frozen.json")

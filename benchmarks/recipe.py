@@ -96,7 +96,9 @@ def main() -> None:
             rows = []
             for s in train_seeds:
                 tag, sets = f"{name} s{s}", [*overrides, f"train.seed={s}"]
-                if args.trained_only and not finished.setdefault(s, is_trained(preset, sets, args)):
+                if args.trained_only and s not in finished:
+                    finished[s] = is_trained(preset, sets, args)
+                if args.trained_only and not finished[s]:
                     if gi == 0:
                         print(f"[{tag}] not trained yet: left out")
                         result.setdefault("not_trained", []).append(tag)
