@@ -30,7 +30,9 @@ QUICK = [
     "model.discriminator.channels=4", "train.batch_size=4", "train.loss.disc_start=1", "train.log_every=1",
 ]  # fmt: skip
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FID_FEATURES = "indep,features:auto"  # fd_indep (judge by this) and fd_domain (the loss's own network)
+# fd_indep (judge by this), fd_indep2 (a second instance of it: a finding holds in both) and
+# fd_domain (the loss's own network)
+FID_FEATURES = "indep,indep2,features:auto"
 
 # The paper's perceptual weight (PAPER.md), which eps-fmnist's default left on 2026-11-29 for
 # 0.1 (docs/presets.md). The studies of the paper's recipe (the ablation, γ, steps, the frozen
@@ -153,7 +155,7 @@ def eval_key(run: Path, data: str, limit, steps, seeds, grid, resolution) -> str
     change to it makes a new key: a cached report is only reused by the code that produced it)."""
     model_cfg = json.loads((run / "model" / "config.json").read_text())
     res, chans = resolution or model_cfg["image_size"], model_cfg["image_channels"]
-    nets = [auto_network(role, data, res, chans) for role in ("indep", "perceptual")]  # FID_FEATURES's two
+    nets = [auto_network(role, data, res, chans) for role in ("indep", "indep2", "perceptual")]  # FID_FEATURES's
     settings = {
         "data": data, "limit": limit, "steps": list(steps), "seeds": list(seeds), "grid": grid,
         "resolution": resolution, "features": FID_FEATURES, "device": DEVICE, "torch": torch.__version__,
@@ -181,9 +183,10 @@ def eval_arm(
     resolution: int | None = None,
     reuse: bool = True,
 ) -> dict:
-    """PSNR, SSIM, fd_indep and fd_domain of the test split at each decoding step count, over seeds.
+    """PSNR, SSIM, fd_indep, fd_indep2 and fd_domain of the test split per decoding step count, over seeds.
 
-    fd_indep (the independent network's space) is the measure to judge by; fd_domain, in the
+    fd_indep (the independent network's space) is the measure to judge by, and fd_indep2 (a
+    second instance of that network) says whether a finding holds beyond one instance; fd_domain, in the
     perceptual loss's own network's space, stays beside it for comparison with older results.
 
     Each report is kept in the run's evals/ under `eval_key` and reused (with `cached_from`: the
@@ -236,14 +239,15 @@ def print_table(result: dict, label: str = "arm") -> None:
         return
     print(f"\n{result['machine']}, {result['date']}: {result['command']}")
     print(
-        f"{label:<22}{'steps':>7}{'dec':>5}{'PSNR':>16}{'SSIM':>17}{'fd_indep':>18}{'fd_domain':>18}{'dec img/s':>11}"
+        f"{label:<22}{'steps':>7}{'dec':>5}{'PSNR':>16}{'SSIM':>17}{'fd_indep':>18}{'fd_indep2':>18}{'fd_domain':>18}"
+        f"{'dec img/s':>11}"
     )
     for r in result["rows"]:
         for k, m in r["eval"]["results"].items():
             cell = lambda name: f"{m[name]['mean']:.4f}±{m[name]['std']:.4f}" if name in m else "-"  # noqa: E731, B023
             print(
                 f"{r['arm']:<22}{r['train_steps']:>7}{k[:4]:>5}{cell('psnr'):>16}{cell('ssim'):>17}"
-                f"{cell('fd_indep'):>18}{cell('fd_domain'):>18}{m['decode_images_per_s']:>11.0f}"
+                f"{cell('fd_indep'):>18}{cell('fd_indep2'):>18}{cell('fd_domain'):>18}{m['decode_images_per_s']:>11.0f}"
             )
     print("\n".join(FD_NOTES.values()))
 

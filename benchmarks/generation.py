@@ -92,7 +92,9 @@ def run_arm(name: str, args, out: Path) -> dict:
         "sample_seconds": round(time.time() - t0, 1),
         "images_per_s": sampled["images_per_s"],
         "fd_indep": report["fd_indep"],
+        "fd_indep2": report.get("fd_indep2"),
         "fd_domain": report["fd_domain"],
+        "fd_networks": report.get("fd_networks"),
         "n_real": report["n_real"],
     }
 
@@ -128,11 +130,12 @@ def main() -> None:
         result["rows"].append(run_arm(name, args, out))
         save(result, out / "generation.json")
     print(f"\n{result['machine']}, {result['date']}: {result['command']}")
-    print(f"{'arm':<8}{'compr.':>7}{'latent':>10}{'DiT steps':>10}{'fd_indep':>10}{'fd_domain':>11}{'img/s (e2e)':>13}")
+    print(f"{'arm':<8}{'compr.':>7}{'latent':>10}{'DiT steps':>10}{'fd_indep':>10}{'fd_indep2':>10}{'fd_domain':>11}"
+          f"{'img/s (e2e)':>13}")  # fmt: skip
     for r in result["rows"]:
         shape = "x".join(map(str, r["latent_shape"]))
         print(f"{r['arm']:<8}{r['compression']:>7g}{shape:>10}{r['dit_steps']:>10}{r['fd_indep']:>10.4f}"
-              f"{r['fd_domain']:>11.4f}{r['images_per_s']:>13.1f}")  # fmt: skip
+              f"{r['fd_indep2']:>10.4f}{r['fd_domain']:>11.4f}{r['images_per_s']:>13.1f}")  # fmt: skip
     print("\n".join(FD_NOTES.values()))
 
 

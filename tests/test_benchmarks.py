@@ -557,6 +557,15 @@ def test_recipe_quick(fmnist, tmp_path):
     fd = summary[("disc-patch", "uniform")]["3"]["fd_indep"]
     vae_fd = summary[("vae", None)]["deterministic"]["fd_indep"]["mean"]
     assert f"| {fd['mean'] / vae_fd:.2f} | {fd['per_seed'][0]:.4f}, {fd['per_seed'][1]:.4f} |" in body[2]
+    # the second independent network beside it, with its own ratio to the VAE's
+    fd2 = summary[("disc-patch", "uniform")]["3"]["fd_indep2"]
+    vae_fd2 = summary[("vae", None)]["deterministic"]["fd_indep2"]["mean"]
+    assert (
+        fd2["mean"] != fd["mean"]
+        and f"| {fd2['mean']:.4f} ± {fd2['half_range']:.4f} | {fd2['mean'] / vae_fd2:.2f} |" in body[2]
+    )
+    nets = rows[2]["eval"]["fd_networks"]
+    assert list(nets) == ["fd_indep", "fd_indep2", "fd_domain"] and len(set(nets.values())) == 3
 
 
 def test_recipe_trained_only(fmnist, tmp_path):

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from epsvae.evaluate import INCEPTION_FILE, feature_extractor, feature_extractors
-from epsvae.features import FeatureNet, augment_views, auto_network, nt_xent, rotation_batch, train_feature_net
+from epsvae.features import (
+    FEATURE_THREADS,
+    FeatureNet,
+    augment_views,
+    auto_network,
+    nt_xent,
+    rotation_batch,
+    train_feature_net,
+)
 from epsvae.perceptual import PerceptualError, build_perceptual
 
 from conftest import need
@@ -45,12 +53,41 @@ def test_contrastive_network_trains_and_loads(fmnist, tmp_path, monkeypatch):
     assert net.config["head"] == "mlp" and net.embed(torch.zeros(2, 1, 32, 32)).shape == (2, 8)
 
 
+def test_network_is_the_same_whatever_the_callers_thread_count(fmnist, tmp_path):
+    # a float reduction's result depends on how many threads split it: without FEATURE_THREADS
+    # the same seed trained in a 1-thread and a 2-thread process gives two networks (and two
+    # fd_indep scales); the caller's own setting comes back afterwards
+    before, digests = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            m = train_feature_net("fashion-mnist", tmp_path / f"t{threads}", "contrastive", epochs=1, batch_size=16,
+                                  widths=(4, 8), min_images=64, device="cpu")  # fmt: skip
+            assert torch.get_num_threads() == threads and m["threads"] == FEATURE_THREADS
+            digests.append(FeatureNet.load(tmp_path / f"t{threads}").digest())
+            assert m["digest"] == digests[-1]
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1]
+    other = FeatureNet.load(tmp_path / "t1")
+    with torch.no_grad():
+        other.head[0].weight[0, 0] += 1e-6  # any change to the weights is another network
+    assert other.digest() != digests[0]
+
+
 def test_independent_network_differs_from_the_perceptual_one(fmnist):
     indep, perc = auto_network("indep", "fashion-mnist", 32, 1), auto_network("perceptual", "fashion-mnist", 32, 1)
     a, b = (json.loads((p / "config.json").read_text()) for p in (indep, perc))
     assert a["objective"] == "contrastive" and b["objective"] == "classes" and a["widths"] != b["widths"]
     names = feature_extractors("indep,features:auto", "fashion-mnist", 32, 1)
     assert list(names) == ["fd_indep", "fd_domain"]
+    # the second independent network: the same recipe, another seed, so another instance
+    two = feature_extractors("indep,indep2", "fashion-mnist", 32, 1)
+    indep2 = auto_network("indep2", "fashion-mnist", 32, 1)
+    assert json.loads((indep2 / "config.json").read_text())["widths"] == a["widths"]
+    assert two["fd_indep"].network != two["fd_indep2"].network and two["fd_indep2"].network.startswith(indep2.name)
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    assert two["fd_indep2"](x).shape == two["fd_indep"](x).shape == (3, 128)
     with pytest.raises(PerceptualError, match="two fd_indep"):
         feature_extractors("indep,indep", "fashion-mnist", 32, 1)
 

@@ -73,6 +73,7 @@ def test_eval_cli_on_tiny_models_writes_valid_json(fmnist, tmp_path, capsys):
     from epsvae import BaselineVAE, EpsilonVAE
     from epsvae.cli import main
     from epsvae.config import apply_overrides
+    from epsvae.features import FeatureNet, auto_network
     from epsvae.presets import model_config
 
     tiny = ["encoder.channels=4", "decoder.channels=4", "decoder.head_channels=4"]
@@ -89,7 +90,11 @@ def test_eval_cli_on_tiny_models_writes_valid_json(fmnist, tmp_path, capsys):
         assert {"psnr", "ssim", "fd_indep", "decode_images_per_s"} <= set(row)
         assert "rfid_inception" not in row and "fd_domain" not in row
         assert len(row["psnr"]["values"]) == len(report["seeds"])
-        assert "no loss trained on it; not FID" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "no loss trained on it; not FID" in printed
+        indep = auto_network("indep", "fashion-mnist", 32, 1)  # the network it measured with, by its weights
+        assert report["fd_networks"] == {"fd_indep": f"{indep.name}@{FeatureNet.load(indep).digest()}"}
+        assert f"fd_indep network: {indep.name}@" in printed
         assert report["grid"] == ("reversed-log" if preset.startswith("eps") else None)
     out = tmp_path / "uniform.json"
     args = ["eval", "--model", str(tmp_path / "eps-fmnist"), "--data", "fashion-mnist", "--limit", "4"]

@@ -7,6 +7,10 @@ Feature extractors for a Fréchet distance (`--fid-features`, several separated 
 - 'indep' (default) / 'indep:PATH': the independent network of `epsvae.features` (a
   contrastive network trained once per dataset, that no training loss uses). Reported as
   `fd_indep`: the distance the docs judge quality by, never FID.
+- 'indep2': a second independent network, the same recipe with another seed. Reported as
+  `fd_indep2`. One network is one instance: two instances weigh noise against blur
+  differently (docs/results.md), so a ratio between a noisy and a blurry model that holds in
+  both is a finding, one that holds in one alone is not.
 - 'features:PATH' / 'features:auto': the perceptual network that the offline perceptual
   loss trains against. Reported as `fd_domain`: a model trained with that loss is
   optimised in this very space, so `fd_domain` flatters it; keep it beside `fd_indep`.
@@ -71,12 +75,14 @@ def inception_extractor(weights: str | None = None) -> Callable[[torch.Tensor], 
             x = x.repeat(1, 3, 1, 1)
         return net.to(x.device)(x)[0].flatten(1)
 
+    extract.network = f"inception:{Path(weights).name if weights else INCEPTION_FILE}"
     return extract
 
 
-FD_NAMES = {"inception": "rfid_inception", "indep": "fd_indep", "features": "fd_domain"}
+FD_NAMES = {"inception": "rfid_inception", "indep": "fd_indep", "indep2": "fd_indep2", "features": "fd_domain"}
 FD_NOTES = {
     "fd_indep": "fd_indep: Fréchet distance in the independent network's space (no loss trained on it; not FID)",
+    "fd_indep2": "fd_indep2: the same with a second independent network (another seed): a finding holds in both",
     "fd_domain": "fd_domain: Fréchet distance in the perceptual loss's own network space (flatters models trained "
     "with it; not FID)",
 }
@@ -89,18 +95,23 @@ def feature_extractor(
     kind, _, path = spec.partition(":")
     if kind == "inception":
         return FD_NAMES[kind], inception_extractor(path or None)
-    if kind not in ("indep", "features"):
+    if kind not in ("indep", "indep2", "features"):
         raise PerceptualError(
-            f"unknown --fid-features {spec!r}; use indep[:PATH], inception[:PATH] or features:PATH|auto"
+            f"unknown --fid-features {spec!r}; use indep[:PATH], indep2, inception[:PATH] or features:PATH|auto"
         )
     if kind == "features" and not path:
         raise PerceptualError("--fid-features features needs a network: features:PATH or features:auto")
-    if kind == "indep" and not path:
-        path = str(auto_network("indep", data_spec, resolution, channels))
+    if kind in ("indep", "indep2") and not path:
+        path = str(auto_network(kind, data_spec, resolution, channels))
     elif path == "auto":
         path = str(auto_network("perceptual", data_spec, resolution, channels))
     net = FeatureNet.load(path)
-    return FD_NAMES[kind], lambda x: net.to(x.device).embed(x)
+
+    def extract(x: torch.Tensor) -> torch.Tensor:
+        return net.to(x.device).embed(x)
+
+    extract.network = f"{Path(path).name}@{net.digest()}"  # which weights: reports record it
+    return FD_NAMES[kind], extract
 
 
 def feature_extractors(
@@ -206,6 +217,8 @@ def evaluate(
         "seeds": seed_list,
         "grid": (grid or cfg.flow.grid) if stochastic else None,
         "fid_features": fid_features if extractors else None,
+        # the weights each distance was measured with: distances from two networks do not compare
+        "fd_networks": {name: getattr(e, "network", None) for name, e in extractors.items()} or None,
         "device": device,
         "resolution": res,
         "results": results,
@@ -216,7 +229,7 @@ def evaluate(
 def format_table(report: dict) -> str:
     cols = [
         c
-        for c in ("psnr", "ssim", "lpips", "rfid_inception", "fd_indep", "fd_domain")
+        for c in ("psnr", "ssim", "lpips", "rfid_inception", "fd_indep", "fd_indep2", "fd_domain")
         if any(c in r for r in report["results"].values())
     ]
     lines = [
@@ -228,6 +241,7 @@ def format_table(report: dict) -> str:
         cells = "".join(f"{row[c]['mean']:>12.4f} ± {row[c]['std']:<5.3f}" if c in row else f"{'-':>20}" for c in cols)
         lines.append(f"{steps:<14}{cells}{row['decode_images_per_s']:>14.1f}")
     lines += [FD_NOTES[c] for c in cols if c in FD_NOTES]
+    lines += [f"{c} network: {n}" for c, n in (report.get("fd_networks") or {}).items() if n]
     return "\n".join(lines)
 
 

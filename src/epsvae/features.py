@@ -36,9 +36,18 @@ from .data import DataError, StepBatches, cache_dir, load_batch, open_dataset
 from .nn.layers import norm
 
 OBJECTIVES = ("classes", "rotation", "contrastive")
+# On the CPU a feature network trains with this many threads whatever the process's own
+# setting: the result of a float reduction depends on how it is split over threads, so the
+# same seed trained with 1 and with 2 threads gives two different networks, and the same
+# images two different fd_indep values (docs/results.md, "The independent network"). A fixed
+# count makes the automatic networks, and so every Fréchet distance measured with them, the
+# same on every CPU machine with the same torch build.
+FEATURE_THREADS = 2
+
 ROLES = {  # role -> (objective or 'auto', widths, seed, epochs, batch size)
     "perceptual": ("auto", (16, 32, 64), 0, 2.0, 128),
     "indep": ("contrastive", (16, 32, 64, 128), 1, 1.0, 256),
+    "indep2": ("contrastive", (16, 32, 64, 128), 2, 1.0, 256),  # a second instance (evaluate.py's fd_indep2)
 }
 
 
@@ -99,6 +108,13 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
+
+    def digest(self) -> str:
+        """A short digest of the weights: which network measured a distance (reports record it)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode() + b"\0" + v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
 
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
@@ -221,18 +237,25 @@ def train_feature_net(
     g = torch.Generator().manual_seed(seed)
     flip = bool(getattr(train, "flip_ok", True))
     start = time.time()
-    with torch.enable_grad():  # callers may be under no_grad (evaluation builds it on demand)
-        for step in range(steps):
-            x, y = load_batch(train, batches.indices(step))
-            loss = objective_loss(net, objective, x.to(device), y.to(device), g, flip)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 100 == 0 or step == steps - 1:
-                print(f"[features] {objective} step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(FEATURE_THREADS)  # the same network on every CPU machine (FEATURE_THREADS)
+    try:
+        with torch.enable_grad():  # callers may be under no_grad (evaluation builds it on demand)
+            for step in range(steps):
+                x, y = load_batch(train, batches.indices(step))
+                loss = objective_loss(net, objective, x.to(device), y.to(device), g, flip)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if step % 100 == 0 or step == steps - 1:
+                    print(f"[features] {objective} step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
     net.eval().cpu()
-    metrics = {"data": data_spec, "objective": objective, "train_steps": steps,
+    metrics = {"data": data_spec, "objective": objective, "train_steps": steps, "device": device,
+               "threads": FEATURE_THREADS if device == "cpu" else None, "digest": net.digest(),
                "train_seconds": round(time.time() - start, 1)}  # fmt: skip
     if objective == "classes":
         metrics["test_accuracy"] = _test_accuracy(net, data_spec, resolution, channels)

@@ -490,5 +490,6 @@ def evaluate_generation(
         "data": data,
         "split": split,
         "fid_features": fid_features,
+        "fd_networks": {names.get(k, k): getattr(e, "network", None) for k, e in extractors.items()},
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -92,6 +92,7 @@ def quickstart(
         "eval_images": len(x),
         "eval_split": "test",
         "fd_indep": "Fréchet distance in the independent network's features (no training loss uses it; not FID)",
+        "fd_indep_network": getattr(embed, "network", None),
         "rows": rows,
         "date": time.strftime("%Y-%m-%d"),
         "device": summary["device"],
@@ -109,7 +110,8 @@ def quickstart(
         lines.append(f"| {r['weights']} | {r['decode_steps']} | {r['psnr_db']:.2f} | {r['fd_indep']:.4f} |")
     lines += [
         "",
-        "fd_indep: Fréchet distance in the independent network's feature space (no training loss uses it; not FID).",
+        "fd_indep: Fréchet distance in the independent network's feature space (no training loss uses it; not FID);"
+        f" network {result['fd_indep_network']} (distances from other networks do not compare).",
         f"Grid: {out / 'reconstructions.png'} (rows: originals, then the rows above in order).",
     ]
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
