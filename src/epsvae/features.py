@@ -39,9 +39,10 @@ OBJECTIVES = ("classes", "rotation", "contrastive")
 # On the CPU a feature network trains with this many threads whatever the process's own
 # setting: the result of a float reduction depends on how it is split over threads, so the
 # same seed trained with 1 and with 2 threads gives two different networks, and the same
-# images two different fd_indep values (docs/results.md, "The independent network"). A fixed
-# count makes the automatic networks, and so every Fréchet distance measured with them, the
-# same on every CPU machine with the same torch build.
+# images two different fd_indep values (docs/results.md, "One independent network is one
+# instance"). A fixed count makes the network independent of the process's threads; a CPU
+# with other vector instructions may still round differently, so every report names the
+# weights it measured with (FeatureNet.digest).
 FEATURE_THREADS = 2
 
 ROLES = {  # role -> (objective or 'auto', widths, seed, epochs, batch size)
