@@ -17,8 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from epsvae.checkpoint import flatten  # noqa: E402
 from epsvae.config import ConfigError, RunConfig, apply_overrides, to_dict  # noqa: E402
 from epsvae.engine import RunInterrupted  # noqa: E402
-from epsvae.evaluate import FD_NOTES, evaluate  # noqa: E402
-from epsvae.features import auto_network  # noqa: E402
+from epsvae.evaluate import FD_NOTES, evaluate, feature_network_path  # noqa: E402
 from epsvae.models import WEIGHTS_NAME  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
 from epsvae.rundir import RunIOError, write_json  # noqa: E402
@@ -155,7 +154,7 @@ def eval_key(run: Path, data: str, limit, steps, seeds, grid, resolution) -> str
     change to it makes a new key: a cached report is only reused by the code that produced it)."""
     model_cfg = json.loads((run / "model" / "config.json").read_text())
     res, chans = resolution or model_cfg["image_size"], model_cfg["image_channels"]
-    nets = [auto_network(role, data, res, chans) for role in ("indep", "indep2", "perceptual")]  # FID_FEATURES's
+    nets = [Path(feature_network_path(spec, data, res, chans)) for spec in FID_FEATURES.split(",")]
     settings = {
         "data": data, "limit": limit, "steps": list(steps), "seeds": list(seeds), "grid": grid,
         "resolution": resolution, "features": FID_FEATURES, "device": DEVICE, "torch": torch.__version__,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from _common import DEVICE, new_result, save
 
 from epsvae.data import iter_batches, open_dataset
-from epsvae.evaluate import feature_extractors
+from epsvae.evaluate import fd_networks, feature_extractors
 from epsvae.metrics import FeatureStats, fid_from_stats
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     real_x, fake_x = x_all[: n // 2].to(DEVICE), x_all[n // 2 :].to(DEVICE)
     result = new_result()
     result.update(data=args.data, resolution=res, n_per_side=n // 2)
-    result["fd_networks"] = {name: getattr(e, "network", None) for name, e in extractors.items()}  # which weights
+    result["fd_networks"] = fd_networks(extractors)
 
     def stats(extract, x):
         return FeatureStats(extract(x[:2]).shape[1], DEVICE).update(torch.cat([extract(b) for b in x.split(250)]))

@@ -95,6 +95,20 @@ def feature_extractor(
     kind, _, path = spec.partition(":")
     if kind == "inception":
         return FD_NAMES[kind], inception_extractor(path or None)
+    path = feature_network_path(spec, data_spec, resolution, channels)
+    net = FeatureNet.load(path)
+
+    def extract(x: torch.Tensor) -> torch.Tensor:
+        return net.to(x.device).embed(x)
+
+    extract.network = f"{Path(path).name}@{net.digest()}"  # which weights: reports record it
+    return FD_NAMES[kind], extract
+
+
+def feature_network_path(spec: str, data_spec: str, resolution: int | None = None, channels: int | None = None) -> str:
+    """The directory of an epsvae feature network named by a --fid-features spec (indep[:PATH],
+    indep2, features:PATH|auto); an automatic one is trained first if it is not cached."""
+    kind, _, path = spec.partition(":")
     if kind not in ("indep", "indep2", "features"):
         raise PerceptualError(
             f"unknown --fid-features {spec!r}; use indep[:PATH], indep2, inception[:PATH] or features:PATH|auto"
@@ -105,13 +119,13 @@ def feature_extractor(
         path = str(auto_network(kind, data_spec, resolution, channels))
     elif path == "auto":
         path = str(auto_network("perceptual", data_spec, resolution, channels))
-    net = FeatureNet.load(path)
+    return path
 
-    def extract(x: torch.Tensor) -> torch.Tensor:
-        return net.to(x.device).embed(x)
 
-    extract.network = f"{Path(path).name}@{net.digest()}"  # which weights: reports record it
-    return FD_NAMES[kind], extract
+def fd_networks(extractors: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> dict[str, str | None]:
+    """{distance name: the weights it is measured with} for `feature_extractors`' output (reports
+    record it: distances from two networks do not compare)."""
+    return {name: getattr(e, "network", None) for name, e in extractors.items()}
 
 
 def feature_extractors(
@@ -217,8 +231,7 @@ def evaluate(
         "seeds": seed_list,
         "grid": (grid or cfg.flow.grid) if stochastic else None,
         "fid_features": fid_features if extractors else None,
-        # the weights each distance was measured with: distances from two networks do not compare
-        "fd_networks": {name: getattr(e, "network", None) for name, e in extractors.items()} or None,
+        "fd_networks": fd_networks(extractors) or None,
         "device": device,
         "resolution": res,
         "results": results,

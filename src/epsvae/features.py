@@ -240,7 +240,7 @@ def train_feature_net(
     start = time.time()
     threads = torch.get_num_threads()
     if device == "cpu":
-        torch.set_num_threads(FEATURE_THREADS)  # the same network on every CPU machine (FEATURE_THREADS)
+        torch.set_num_threads(FEATURE_THREADS)  # the same network whatever the caller's threads (FEATURE_THREADS)
     try:
         with torch.enable_grad():  # callers may be under no_grad (evaluation builds it on demand)
             for step in range(steps):

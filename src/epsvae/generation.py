@@ -460,7 +460,7 @@ def evaluate_generation(
 
     `fid_features` is a comma-separated list as in `epsvae eval` (fd_indep, fid_inception, fd_domain)."""
     from .data import iter_batches
-    from .evaluate import feature_extractors
+    from .evaluate import fd_networks, feature_extractors
     from .metrics import FeatureStats, fid_from_stats
 
     if samples.dtype != np.uint8 or samples.ndim != 4 or len(samples) < 2:
@@ -490,6 +490,6 @@ def evaluate_generation(
         "data": data,
         "split": split,
         "fid_features": fid_features,
-        "fd_networks": {names.get(k, k): getattr(e, "network", None) for k, e in extractors.items()},
+        "fd_networks": {names.get(k, k): net for k, net in fd_networks(extractors).items()},
         "date": time.strftime("%Y-%m-%d"),
     }
