@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from epsvae.evaluate import INCEPTION_FILE, feature_extractor, feature_extractors
+from epsvae.evaluate import INCEPTION_FILE, feature_extractor, feature_extractors, feature_network_path
 from epsvae.features import (
     FEATURE_THREADS,
     FeatureNet,
@@ -90,6 +90,9 @@ def test_independent_network_differs_from_the_perceptual_one(fmnist):
     assert two["fd_indep2"](x).shape == two["fd_indep"](x).shape == (3, 128)
     with pytest.raises(PerceptualError, match="two fd_indep"):
         feature_extractors("indep,indep", "fashion-mnist", 32, 1)
+    # ":auto" names the spec's own automatic network, never another role's
+    for spec, role in (("indep:auto", "indep"), ("indep2:auto", "indep2"), ("features:auto", "perceptual")):
+        assert feature_network_path(spec, "fashion-mnist", 32, 1) == str(auto_network(role, "fashion-mnist", 32, 1))
 
 
 def test_lpips_vgg_path_equals_the_lpips_package_with_those_weights(tmp_path):

@@ -106,8 +106,8 @@ def feature_extractor(
 
 
 def feature_network_path(spec: str, data_spec: str, resolution: int | None = None, channels: int | None = None) -> str:
-    """The directory of an epsvae feature network named by a --fid-features spec (indep[:PATH],
-    indep2, features:PATH|auto); an automatic one is trained first if it is not cached."""
+    """The directory of an epsvae feature network named by a --fid-features spec (indep[:PATH|auto],
+    indep2[:PATH|auto], features:PATH|auto); an automatic one is trained first if it is not cached."""
     kind, _, path = spec.partition(":")
     if kind not in ("indep", "indep2", "features"):
         raise PerceptualError(
@@ -115,10 +115,9 @@ def feature_network_path(spec: str, data_spec: str, resolution: int | None = Non
         )
     if kind == "features" and not path:
         raise PerceptualError("--fid-features features needs a network: features:PATH or features:auto")
-    if kind in ("indep", "indep2") and not path:
-        path = str(auto_network(kind, data_spec, resolution, channels))
-    elif path == "auto":
-        path = str(auto_network("perceptual", data_spec, resolution, channels))
+    if not path or path == "auto":  # an automatic network of the spec's own role ("indep:auto" is "indep")
+        role = "perceptual" if kind == "features" else kind
+        path = str(auto_network(role, data_spec, resolution, channels))
     return path
 
 
