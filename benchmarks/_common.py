@@ -102,8 +102,8 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
     try:
         run = run_dir(runs, preset, overrides, steps)
         cfg = prepare_run(run, preset, overrides, steps=steps)
-    except ConfigError as e:  # a bad --set: say which, not a traceback
-        raise SystemExit(f"{preset} with {' '.join(overrides)}: {e}") from None
+    except ConfigError as e:
+        raise _bad_config(preset, overrides, e) from None
     if not _finished(run):  # a finished run is read back, not opened by the trainer again
         try:
             train(run, cfg, progress=False)
@@ -118,7 +118,15 @@ def is_trained(preset: str, overrides: list[str], args) -> bool:
     """Whether the run that `arm_row` would use (the same arguments) has finished its steps
     (final.json at the configured step), without training anything."""
     overrides, steps = _arm_settings(overrides + args.set, args.steps, args.quick)
-    return _finished(run_dir(args.runs, preset, overrides, steps))
+    try:
+        return _finished(run_dir(args.runs, preset, overrides, steps))
+    except ConfigError as e:
+        raise _bad_config(preset, overrides, e) from None
+
+
+def _bad_config(preset: str, overrides: list[str], error: ConfigError) -> SystemExit:
+    """A bad --set (or variant): say which arm and why, not a traceback."""
+    return SystemExit(f"{preset} with {' '.join(overrides)}: {error}")
 
 
 def _finished(run: Path) -> bool:

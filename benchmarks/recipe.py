@@ -2,7 +2,7 @@
 
     python benchmarks/recipe.py [--variants base,disc-stylegan,...] [--train-seeds 0,1] [--grids reversed-log,uniform]
                                 [--steps N] [--limit N] [--out results/recipe] [--quick] [--train-only]
-                                [--trained-only] [--reevaluate]
+                                [--trained-only] [--reevaluate] [--jobs N]
 
 Every variant is eps-fmnist (or the VAE) with a few overrides, trained with the presets'
 budget once per training seed (`train.seed`), then evaluated on the test split at 3 decoding
@@ -16,16 +16,27 @@ patch heads), the adversarial weight (adaptive, ramp-in, off), R1 (StyleGAN2-ADA
 the training t distribution (shifted logit-normal, uniform and grid-point mixtures), γ, the
 perceptual weight, and bf16 autocast on the CPU (`train.mixed_precision=bf16`, a speed
 switch: the check is that quality is unchanged).
+
+`--jobs N` trains the unfinished (variant, seed) runs in N processes at once before
+evaluating (a GPU machine: one Fashion-MNIST run keeps an H200 far from busy; each process
+gets the machine's cores / N threads unless OMP_NUM_THREADS is set; logs in OUT/logs).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from _common import PAPER_RECIPE as P
 from _common import arm_row, is_trained, parse, save
 
 from epsvae.evaluate import FD_NOTES
+from epsvae.features import auto_network
+from epsvae.presets import run_config
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # the study varies the paper's recipe (PAPER_RECIPE: its perceptual weight, which the
@@ -67,6 +78,45 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def train_in_parallel(names: list[str], train_seeds: list[int], args) -> list[str]:
+    """Train every unfinished (variant, seed) run, `args.jobs` processes at a time (each this
+    script with --train-only for one run, its output in OUT/logs/VARIANT-sSEED.log); returns the
+    runs whose process failed. The feature networks are trained first, here, so that no two
+    processes train the same one."""
+    todo = [(n, s) for n in names for s in train_seeds if not is_trained(VARIANTS[n][0], arm_sets(n, s), args)]
+    if not todo:
+        return []
+    for preset in dict.fromkeys(VARIANTS[n][0] for n, _ in todo):
+        cfg = run_config(preset)  # the training loss's network, and the two the evaluation measures with
+        for role in ("perceptual", "indep", "indep2"):
+            auto_network(role, cfg.train.data, cfg.train.resolution or cfg.model.image_size, cfg.model.image_channels)
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    common = ["--train-only", "--out", str(args.out), "--runs", str(args.runs), *(f"--set={o}" for o in args.set)]
+    common += (["--steps", str(args.steps)] if args.steps else []) + (["--quick"] if args.quick else [])
+
+    def one(arm: tuple[str, int]) -> int:
+        name, seed = arm
+        cmd = [sys.executable, __file__, "--variants", name, "--train-seeds", str(seed), *common]
+        with open(logs / f"{name}-s{seed}.log", "w") as log:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+    print(f"[recipe] training {len(todo)} runs, {args.jobs} at a time (logs in {logs})")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        codes = list(pool.map(one, todo))
+    failed = [f"{n} s{s}" for (n, s), code in zip(todo, codes, strict=True) if code != 0]
+    for tag in failed:
+        print(f"[{tag}] training failed: see {logs / tag.replace(' ', '-')}.log")
+    return failed
+
+
+def arm_sets(name: str, seed: int) -> list[str]:
+    """A variant's overrides for one training seed (the seed is part of the run's key)."""
+    return [*VARIANTS[name][1], f"train.seed={seed}"]
+
+
 def main() -> None:
     def add(ap) -> None:
         ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -78,6 +128,8 @@ def main() -> None:
             help="evaluate only the (variant, seed) runs that have finished training, listing the others "
             "(a study in progress: its table so far, while other processes train the rest)",
         )
+        ap.add_argument("--jobs", type=int, default=1, help="train this many (variant, seed) runs at once, "
+                        "each in its own process (a big machine; module docstring)")  # fmt: skip
 
     args, limit, seeds, out, result = parse(__doc__, "results/recipe", add)
     names = [v.strip() for v in args.variants.split(",")]
@@ -86,16 +138,25 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     train_seeds = [int(s) for s in args.train_seeds.split(",")]
     grids = [g.strip() for g in args.grids.split(",")]
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and not args.trained_only:
+        failed = train_in_parallel(names, train_seeds, args)
+        if failed:
+            result["failed"] = failed
+        if args.train_only:
+            raise SystemExit(1 if failed else 0)
+        args.trained_only = True  # the table: the runs that finished (a failed one is listed, not retried)
     result["summary"] = []
     for name in names:
-        preset, overrides = VARIANTS[name]
+        preset = VARIANTS[name][0]
         finished = {}  # decided once per (variant, seed): a run finishing between grids joins no table
         for gi, grid in enumerate(grids if preset.startswith("eps") else [None]):
             # one decoding step is the same on every grid (t = 1 to 0): decode it on the first grid only
             steps = (1, 3) if gi == 0 else (3,)
             rows = []
             for s in train_seeds:
-                tag, sets = f"{name} s{s}", [*overrides, f"train.seed={s}"]
+                tag, sets = f"{name} s{s}", arm_sets(name, s)
                 if args.trained_only and s not in finished:
                     finished[s] = is_trained(preset, sets, args)
                 if args.trained_only and not finished[s]:
@@ -116,6 +177,8 @@ def main() -> None:
     if result["summary"]:
         save(result, out / "recipe.json")  # again: the runs not trained yet of the last variants
         (out / "recipe.md").write_text(markdown(result))
+    if result.get("failed"):
+        raise SystemExit(f"{len(result['failed'])} run(s) failed to train: {', '.join(result['failed'])}")
 
 
 def vae_fd(result: dict, metric: str = "fd_indep") -> float | None:

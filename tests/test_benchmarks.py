@@ -587,6 +587,43 @@ def test_recipe_trained_only(fmnist, tmp_path):
     assert f"| vae | - | - | 1 | {psnr:.2f} | " in table  # one seed: the mean, no spread
 
 
+def test_recipe_jobs_trains_runs_in_parallel_processes(fmnist, tmp_path):
+    """--jobs trains each unfinished (variant, seed) run in its own process (one log each), then
+    evaluates them all as one table; a run that fails to train is named and the exit code says so."""
+    result = _quick("recipe", tmp_path / "r", "--variants", "vae,base", "--train-seeds", "0,1", "--jobs", "3")
+    assert [(r["variant"], r["train_seed"], r["grid"]) for r in result["rows"]] == [
+        ("vae", 0, None), ("vae", 1, None), ("base", 0, "reversed-log"), ("base", 1, "reversed-log"),
+        ("base", 0, "uniform"), ("base", 1, "uniform"),
+    ]  # fmt: skip
+    assert "failed" not in result and "not_trained" not in result
+    logs = sorted(p.name for p in (tmp_path / "r" / "logs").iterdir())
+    assert logs == ["base-s0.log", "base-s1.log", "vae-s0.log", "vae-s1.log"]
+    assert "trained:" in (tmp_path / "r" / "logs" / "vae-s1.log").read_text()
+    assert len(list((tmp_path / "runs").iterdir())) == 4
+
+    def recipe(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--quick", "--out", str(tmp_path / "r2"),
+             "--runs", str(tmp_path / "runs"), "--train-seeds", "0", "--jobs", "2", *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    # a bad --set is named before anything trains
+    proc = recipe("--variants", "vae", "--set", "train.loss.adv_ramp=-1")
+    assert proc.returncode != 0 and "adv_ramp must be at least 0, got -1" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r2" / "logs").exists()
+    # finished runs are not trained again; a run whose training fails is named, with its log
+    for run in (tmp_path / "runs").iterdir():
+        if json.loads((run / "config.json").read_text()).get("preset") == "eps-fmnist":
+            (run / "final.json").unlink()  # not finished: trained again
+            (run / "config.json").write_text("{")  # and unreadable: its training fails
+    proc = recipe("--variants", "vae,base")
+    assert proc.returncode != 0 and "1 run(s) failed to train: base s0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "r2" / "logs").iterdir()) == ["base-s0.log"]  # vae s0 was finished
+    assert "Traceback" not in (tmp_path / "r2" / "logs" / "base-s0.log").read_text()
+
+
 def test_distill_quick(fmnist, tmp_path):
     """The distillation benchmark trains a student of a trained run and reports teacher (1 and 3
     steps) and student (1 step) rows."""
