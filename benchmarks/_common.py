@@ -80,12 +80,17 @@ def config_digest(cfg: RunConfig) -> str:
 def run_dir(runs: Path, preset: str, overrides: list[str], steps: int | None) -> Path:
     """Where an arm's run lives: keyed by a digest of its full config, so that benchmarks
     asking for the same training (e.g. the ablation's last arm and γ = 0.6) share one run."""
+    return runs / f"{preset}-{config_digest(arm_config(preset, overrides, steps))}"
+
+
+def arm_config(preset: str, overrides: list[str], steps: int | None) -> RunConfig:
+    """An arm's full config: the preset with its overrides and step count."""
     cfg = run_config(preset)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     if steps is not None:
         cfg.train.steps = steps
-    return runs / f"{preset}-{config_digest(cfg)}"
+    return cfg
 
 
 def _arm_settings(overrides: list[str], steps: int | None, quick: bool) -> tuple[list[str], int | None]:
@@ -122,6 +127,21 @@ def is_trained(preset: str, overrides: list[str], args) -> bool:
         return _finished(run_dir(args.runs, preset, overrides, steps))
     except ConfigError as e:
         raise _bad_config(preset, overrides, e) from None
+
+
+def prepare_feature_networks(preset: str, overrides: list[str], args) -> None:
+    """Train (once, in this process) every automatic feature network an arm uses: its perceptual
+    loss's (fd_domain's) and the evaluation's, so that parallel trainings never train one twice."""
+    overrides, steps = _arm_settings(overrides + args.set, args.steps, args.quick)
+    try:
+        cfg = arm_config(preset, overrides, steps)
+    except ConfigError as e:
+        raise _bad_config(preset, overrides, e) from None
+    res, chans = cfg.train.resolution or cfg.model.image_size, cfg.model.image_channels
+    for spec in FID_FEATURES.split(","):
+        feature_network_path(spec, cfg.train.data, res, chans)
+    if cfg.train.loss.perceptual == "features:auto":
+        feature_network_path("features:auto", cfg.train.data, res, chans)
 
 
 def _bad_config(preset: str, overrides: list[str], error: ConfigError) -> SystemExit:

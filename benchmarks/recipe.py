@@ -32,11 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import PAPER_RECIPE as P
-from _common import arm_row, is_trained, parse, save
+from _common import arm_row, is_trained, parse, prepare_feature_networks, save
 
 from epsvae.evaluate import FD_NOTES
-from epsvae.features import auto_network
-from epsvae.presets import run_config
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # the study varies the paper's recipe (PAPER_RECIPE: its perceptual weight, which the
@@ -86,10 +84,8 @@ def train_in_parallel(names: list[str], train_seeds: list[int], args) -> list[st
     todo = [(n, s) for n in names for s in train_seeds if not is_trained(VARIANTS[n][0], arm_sets(n, s), args)]
     if not todo:
         return []
-    for preset in dict.fromkeys(VARIANTS[n][0] for n, _ in todo):
-        cfg = run_config(preset)  # the training loss's network, and the two the evaluation measures with
-        for role in ("perceptual", "indep", "indep2"):
-            auto_network(role, cfg.train.data, cfg.train.resolution or cfg.model.image_size, cfg.model.image_channels)
+    for name, seed in todo:
+        prepare_feature_networks(VARIANTS[name][0], arm_sets(name, seed), args)
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
