@@ -84,10 +84,14 @@ def run_dir(runs: Path, preset: str, overrides: list[str], steps: int | None) ->
 
 
 def arm_config(preset: str, overrides: list[str], steps: int | None) -> RunConfig:
-    """An arm's full config: the preset with its overrides and step count."""
-    cfg = run_config(preset)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
+    """An arm's full config: the preset with its overrides and step count. A bad override (a
+    --set or a variant's) is a one-line exit naming the arm, not a traceback."""
+    try:
+        cfg = run_config(preset)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
+    except ConfigError as e:
+        raise _bad_config(preset, overrides, e) from None
     if steps is not None:
         cfg.train.steps = steps
     return cfg
@@ -104,8 +108,8 @@ def train_arm(runs: Path, preset: str, overrides: list[str], steps: int | None, 
     The seconds are the engine's wall time for the whole run, read back from its final.json,
     so an arm another benchmark already trained reports the time it took then."""
     overrides, steps = _arm_settings(overrides, steps, quick)
+    run = run_dir(runs, preset, overrides, steps)
     try:
-        run = run_dir(runs, preset, overrides, steps)
         cfg = prepare_run(run, preset, overrides, steps=steps)
     except ConfigError as e:
         raise _bad_config(preset, overrides, e) from None
@@ -123,20 +127,14 @@ def is_trained(preset: str, overrides: list[str], args) -> bool:
     """Whether the run that `arm_row` would use (the same arguments) has finished its steps
     (final.json at the configured step), without training anything."""
     overrides, steps = _arm_settings(overrides + args.set, args.steps, args.quick)
-    try:
-        return _finished(run_dir(args.runs, preset, overrides, steps))
-    except ConfigError as e:
-        raise _bad_config(preset, overrides, e) from None
+    return _finished(run_dir(args.runs, preset, overrides, steps))
 
 
 def prepare_feature_networks(preset: str, overrides: list[str], args) -> None:
     """Train (once, in this process) every automatic feature network an arm uses: its perceptual
     loss's (fd_domain's) and the evaluation's, so that parallel trainings never train one twice."""
     overrides, steps = _arm_settings(overrides + args.set, args.steps, args.quick)
-    try:
-        cfg = arm_config(preset, overrides, steps)
-    except ConfigError as e:
-        raise _bad_config(preset, overrides, e) from None
+    cfg = arm_config(preset, overrides, steps)
     res, chans = cfg.train.resolution or cfg.model.image_size, cfg.model.image_channels
     for spec in FID_FEATURES.split(","):
         feature_network_path(spec, cfg.train.data, res, chans)
@@ -145,7 +143,7 @@ def prepare_feature_networks(preset: str, overrides: list[str], args) -> None:
 
 
 def _bad_config(preset: str, overrides: list[str], error: ConfigError) -> SystemExit:
-    """A bad --set (or variant): say which arm and why, not a traceback."""
+    """A bad --set (or variant), or a run directory holding another config: say which arm and why."""
     return SystemExit(f"{preset} with {' '.join(overrides)}: {error}")
 
 
