@@ -75,6 +75,62 @@ def test_network_is_the_same_whatever_the_callers_thread_count(fmnist, tmp_path)
     assert other.digest() != digests[0]
 
 
+def test_shipped_networks_are_the_roles_networks_with_the_weights_they_record():
+    from epsvae import features
+
+    names = sorted(d.name for d in features.SHIPPED_DIR.iterdir() if d.is_dir())
+    assert names == ["indep-d7c12f1ec9", "indep2-d7c12f1ec9", "perceptual-d7c12f1ec9"]  # Fashion-MNIST, 32 px
+    for name in names:
+        role, _ = name.split("-")
+        cfg = json.loads((features.SHIPPED_DIR / name / "config.json").read_text())
+        net = FeatureNet.load(features.SHIPPED_DIR / name)
+        assert net.digest() == cfg["metrics"]["digest"] and tuple(cfg["widths"]) == features.ROLES[role][1]
+        assert net.embed(torch.zeros(2, 1, 32, 32)).shape == (2, cfg["widths"][-1])
+        assert features.shipped_network(role, "d7c12f1ec9") == features.SHIPPED_DIR / name
+
+
+def test_auto_network_installs_a_shipped_network_instead_of_training(fmnist, tmp_path, monkeypatch, capsys):
+    from epsvae import features
+
+    fingerprint = features.dataset_fingerprint("fashion-mnist", 32, 1)
+    ship = tmp_path / "ship"
+    train_feature_net("fashion-mnist", ship / f"indep-{fingerprint}", "contrastive", epochs=1, batch_size=16,
+                      widths=(4, 8), min_images=64, device="cpu")  # fmt: skip
+    shipped_digest = FeatureNet.load(ship / f"indep-{fingerprint}").digest()
+    monkeypatch.setattr(features, "SHIPPED_DIR", ship)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although a network ships for this data")
+
+    monkeypatch.setattr(features, "train_feature_net", no_training)
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache1"))
+    path = auto_network("indep", "fashion-mnist", 32, 1)
+    assert path.parent == tmp_path / "cache1" and FeatureNet.load(path).digest() == shipped_digest
+    assert f"ships with epsvae (weights {shipped_digest})" in capsys.readouterr().out
+    features._install(ship / f"indep-{fingerprint}", path)  # a second installer (a parallel process): harmless
+    assert FeatureNet.load(path).digest() == shipped_digest and [p.name for p in path.parent.iterdir()] == [path.name]
+    # no shipped network for this role: trained here
+    with pytest.raises(AssertionError, match="trained although"):
+        auto_network("indep2", "fashion-mnist", 32, 1)
+    # the user's own networks on request
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache2"))
+    monkeypatch.setenv(features.TRAIN_OWN_ENV, "1")
+    with pytest.raises(AssertionError, match="trained although"):
+        auto_network("indep", "fashion-mnist", 32, 1)
+    monkeypatch.delenv(features.TRAIN_OWN_ENV)
+    # damaged weights are refused with a clear message, never measured with
+    weights = ship / f"indep-{fingerprint}" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x40
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PerceptualError, match=f"damaged: its weights digest .* recorded {shipped_digest}"):
+        auto_network("indep", "fashion-mnist", 32, 1)
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(PerceptualError, match="cannot be read"):
+        auto_network("indep", "fashion-mnist", 32, 1)
+    assert not (tmp_path / "cache2").exists() or not any((tmp_path / "cache2").glob("indep-*"))
+
+
 def test_independent_network_differs_from_the_perceptual_one(fmnist):
     indep, perc = auto_network("indep", "fashion-mnist", 32, 1), auto_network("perceptual", "fashion-mnist", 32, 1)
     a, b = (json.loads((p / "config.json").read_text()) for p in (indep, perc))

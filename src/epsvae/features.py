@@ -17,6 +17,9 @@ a fingerprint of the data, see `auto_network`):
 - `indep` (`fd_indep`, the evaluation distance the docs report): `contrastive`, with other
   widths and another seed, so its objective and weights differ from every perceptual
   network and no training loss has ever seen its feature space.
+
+For Fashion-MNIST at 32 px the package ships these networks (`SHIPPED_DIR`), so that every
+machine measures with the same weights; other data trains its own once.
 """
 
 from __future__ import annotations
@@ -306,10 +309,63 @@ def auto_network_dir(role: str, data_spec: str, resolution: int | None = None, c
     return cache_dir() / f"{role}-{safe}{size}{chans}-{dataset_fingerprint(data_spec, resolution, channels)}"
 
 
+# Networks that ship with the package, one directory per role and dataset fingerprint
+# (`{role}-{fingerprint}`): Fashion-MNIST at 32 px, grayscale. Trained once by `auto_network`;
+# retrained on another CPU the same seed gives another network (other vector instructions
+# round differently; docs/results.md, "Shipped reference networks"), so without them every
+# machine would measure fd_indep in its own instance and no two sessions' figures would
+# compare. With them, as with Inception's fixed weights for FID, they do.
+SHIPPED_DIR = Path(__file__).parent / "networks"
+# set to 1 to train (and cache) this machine's own networks instead of the shipped ones
+TRAIN_OWN_ENV = "EPSVAE_TRAIN_FEATURE_NETS"
+
+
+def shipped_network(role: str, fingerprint: str) -> Path | None:
+    """The package's network for this role and data fingerprint, if it ships one (and the
+    user has not asked for their own); its weights are checked against the digest it records."""
+    path = SHIPPED_DIR / f"{role}-{fingerprint}"
+    if os.environ.get(TRAIN_OWN_ENV, "") not in ("", "0") or not (path / "config.json").is_file():
+        return None
+    try:
+        recorded = json.loads((path / "config.json").read_text())["metrics"]["digest"]
+        actual = FeatureNet.load(path).digest()
+    except Exception as e:  # noqa: BLE001 - any unreadable file (safetensors raises its own error type)
+        raise PerceptualError(f"the shipped {role} network at {path} cannot be read ({e}); reinstall epsvae, "
+                              f"or set {TRAIN_OWN_ENV}=1 to train this machine's own") from None  # fmt: skip
+    if actual != recorded:
+        raise PerceptualError(f"the shipped {role} network at {path} is damaged: its weights digest {actual}, "
+                              f"recorded {recorded}; reinstall epsvae, or set {TRAIN_OWN_ENV}=1 to train "
+                              "this machine's own")  # fmt: skip
+    return path
+
+
+def _install(source: Path, path: Path) -> None:
+    """Copy a shipped network into the cache; a parallel process installing it too is harmless."""
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    try:
+        tmp.rename(path)  # atomic: readers see the whole network or none
+    except OSError:
+        if not (path / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process was first; the same weights
+
+
 def auto_network(role: str, data_spec: str, resolution: int | None = None, channels: int | None = None) -> Path:
-    """The directory of the cached `role` network for this data, trained first if it is not there."""
+    """The directory of the cached `role` network for this data: the package's own for this
+    data if it ships one (`SHIPPED_DIR`), else trained here once."""
     path = auto_network_dir(role, data_spec, resolution, channels)
     if not (path / "config.json").is_file():
+        shipped = shipped_network(role, path.name.rsplit("-", 1)[1])
+        if shipped is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _install(shipped, path)
+            digest = json.loads((path / "config.json").read_text())["metrics"]["digest"]
+            print(f"[features] the {role} network for {data_spec} ships with epsvae (weights {digest}), at {path}")
+            return path
         objective, widths, seed, epochs, batch = ROLES[role]
         print(f"[features] training the {role} network ({objective}) for {data_spec} once, cached at {path}")
         train_feature_net(data_spec, path, objective, epochs, batch, widths=widths, resolution=resolution,
