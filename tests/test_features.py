@@ -89,46 +89,43 @@ def test_shipped_networks_are_the_roles_networks_with_the_weights_they_record():
         assert features.shipped_network(role, "d7c12f1ec9") == features.SHIPPED_DIR / name
 
 
-def test_auto_network_installs_a_shipped_network_instead_of_training(fmnist, tmp_path, monkeypatch, capsys):
+def test_auto_network_uses_a_shipped_network_ahead_of_training_and_the_cache(fmnist, tmp_path, monkeypatch):
     from epsvae import features
 
     fingerprint = features.dataset_fingerprint("fashion-mnist", 32, 1)
-    ship = tmp_path / "ship"
-    train_feature_net("fashion-mnist", ship / f"indep-{fingerprint}", "contrastive", epochs=1, batch_size=16,
-                      widths=(4, 8), min_images=64, device="cpu")  # fmt: skip
-    shipped_digest = FeatureNet.load(ship / f"indep-{fingerprint}").digest()
-    monkeypatch.setattr(features, "SHIPPED_DIR", ship)
+    ship, own = tmp_path / "ship" / f"indep-{fingerprint}", tmp_path / "own"
+    for out, seed in ((ship, 0), (own, 1)):
+        train_feature_net("fashion-mnist", out, "contrastive", epochs=1, batch_size=16, widths=(4, 8), min_images=64,
+                          device="cpu", seed=seed)  # fmt: skip
+    shipped_digest = FeatureNet.load(ship).digest()
+    monkeypatch.setattr(features, "SHIPPED_DIR", ship.parent)
+    # a network this machine trained and cached before (an older epsvae): the shipped one wins
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(own, features.auto_network_dir("indep", "fashion-mnist", 32, 1))
 
     def no_training(*a, **k):
-        raise AssertionError("trained although a network ships for this data")
+        raise AssertionError("trained")
 
     monkeypatch.setattr(features, "train_feature_net", no_training)
-    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache1"))
-    path = auto_network("indep", "fashion-mnist", 32, 1)
-    assert path.parent == tmp_path / "cache1" and FeatureNet.load(path).digest() == shipped_digest
-    assert f"ships with epsvae (weights {shipped_digest})" in capsys.readouterr().out
-    features._install(ship / f"indep-{fingerprint}", path)  # a second installer (a parallel process): harmless
-    assert FeatureNet.load(path).digest() == shipped_digest and [p.name for p in path.parent.iterdir()] == [path.name]
+    assert auto_network("indep", "fashion-mnist", 32, 1) == ship
+    assert feature_network_path("indep", "fashion-mnist", 32, 1) == str(ship)
+    assert feature_extractors("indep", "fashion-mnist", 32, 1)["fd_indep"].network.endswith(shipped_digest)
     # no shipped network for this role: trained here
-    with pytest.raises(AssertionError, match="trained although"):
+    with pytest.raises(AssertionError, match="trained"):
         auto_network("indep2", "fashion-mnist", 32, 1)
-    # the user's own networks on request
-    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache2"))
+    # the user's own networks on request: the cached one
     monkeypatch.setenv(features.TRAIN_OWN_ENV, "1")
-    with pytest.raises(AssertionError, match="trained although"):
-        auto_network("indep", "fashion-mnist", 32, 1)
+    assert FeatureNet.load(auto_network("indep", "fashion-mnist", 32, 1)).digest() == FeatureNet.load(own).digest()
     monkeypatch.delenv(features.TRAIN_OWN_ENV)
     # damaged weights are refused with a clear message, never measured with
-    weights = ship / f"indep-{fingerprint}" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
+    data = bytearray((ship / "model.safetensors").read_bytes())
     data[-1] ^= 0x40
-    weights.write_bytes(bytes(data))
+    (ship / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(PerceptualError, match=f"damaged: its weights digest .* recorded {shipped_digest}"):
         auto_network("indep", "fashion-mnist", 32, 1)
-    weights.write_bytes(b"not safetensors")
+    (ship / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(PerceptualError, match="cannot be read"):
         auto_network("indep", "fashion-mnist", 32, 1)
-    assert not (tmp_path / "cache2").exists() or not any((tmp_path / "cache2").glob("indep-*"))
 
 
 def test_independent_network_differs_from_the_perceptual_one(fmnist):

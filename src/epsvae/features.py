@@ -339,33 +339,15 @@ def shipped_network(role: str, fingerprint: str) -> Path | None:
     return path
 
 
-def _install(source: Path, path: Path) -> None:
-    """Copy a shipped network into the cache; a parallel process installing it too is harmless."""
-    import shutil
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    try:
-        tmp.rename(path)  # atomic: readers see the whole network or none
-    except OSError:
-        if not (path / "config.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process was first; the same weights
-
-
 def auto_network(role: str, data_spec: str, resolution: int | None = None, channels: int | None = None) -> Path:
-    """The directory of the cached `role` network for this data: the package's own for this
-    data if it ships one (`SHIPPED_DIR`), else trained here once."""
+    """The directory of the `role` network for this data: the package's own if it ships one for
+    this data (`SHIPPED_DIR`, used in place, ahead of anything cached), else the cached network
+    trained here once."""
     path = auto_network_dir(role, data_spec, resolution, channels)
+    shipped = shipped_network(role, path.name.rsplit("-", 1)[1])
+    if shipped is not None:
+        return shipped
     if not (path / "config.json").is_file():
-        shipped = shipped_network(role, path.name.rsplit("-", 1)[1])
-        if shipped is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _install(shipped, path)
-            digest = json.loads((path / "config.json").read_text())["metrics"]["digest"]
-            print(f"[features] the {role} network for {data_spec} ships with epsvae (weights {digest}), at {path}")
-            return path
         objective, widths, seed, epochs, batch = ROLES[role]
         print(f"[features] training the {role} network ({objective}) for {data_spec} once, cached at {path}")
         train_feature_net(data_spec, path, objective, epochs, batch, widths=widths, resolution=resolution,
