@@ -44,7 +44,8 @@ OBJECTIVES = ("classes", "rotation", "contrastive")
 # same seed trained with 1 and with 2 threads gives two different networks, and the same
 # images two different fd_indep values (docs/results.md, "One independent network is one
 # instance"). A fixed count makes the network independent of the process's threads; a CPU
-# with other vector instructions may still round differently, so every report names the
+# with other vector instructions still rounds differently (measured: Intel Xeon and AMD EPYC
+# give other networks), hence the shipped networks (SHIPPED_DIR) and every report naming the
 # weights it measured with (FeatureNet.digest).
 FEATURE_THREADS = 2
 
