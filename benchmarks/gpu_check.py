@@ -1,6 +1,6 @@
 """GPU check: training throughput before and after the speed switches, and decoding against SD-VAE.
 
-    python benchmarks/gpu_check.py [--budget-s 430] [--out gpu_check.json] [--parts train,profile,decode,engine]
+    python benchmarks/gpu_check.py [--budget-s 430] [--out gpu_check.json] [--parts convs,train,profile,decode,engine]
                                    [--presets eps-lite-B,eps-sd-M] [--variants before,after,after+r1/4]
                                    [--decode-batches 16,1]
     python benchmarks/gpu_check.py --smoke          # the same code paths, tiny, on the CPU
@@ -26,7 +26,10 @@ Parts:
 4. decoding: eps-sd-B at one and three steps against diffusers' SD-VAE decoder (AutoencoderKL
    in Stable Diffusion's configuration, random weights: speed does not depend on them),
    256 and 512 px, batch 16 and 1, eager and compiled, bf16 autocast;
-5. the engine on CUDA: a short `train()` with the CUDA defaults and two micro-batches.
+5. the engine on CUDA: a short `train()` with the CUDA defaults and two micro-batches;
+6. `convs` (runs first when asked for): the step's heaviest convolution shapes, found by a forward hook
+   on one eager step, each timed alone (forward + backward, bf16, channels-last) with cuDNN's autotuning
+   off and on, and the kernel cuDNN ran: the ceiling of the step's convolutions on this card.
 Parts run in that order while the budget lasts; what does not fit is recorded as skipped,
 and a part that fails is recorded with its error. The JSON is rewritten after every part.
 """
@@ -239,6 +242,7 @@ def profile_step(step, steps: int = 4) -> dict:
         families[fam] = families.get(fam, 0.0) + own(e)
     top = sorted(events, key=lambda e: -own(e))[:15]
     return {
+        "convolutions_by_shape": conv_calls_by_shape(step, steps),
         "steps": steps,
         "device_ms_per_step": round(total / 1000 / steps, 2),
         "families_percent": {k: round(100 * v / total, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
@@ -246,6 +250,131 @@ def profile_step(step, steps: int = 4) -> dict:
             {"name": e.key[:120], "percent": round(100 * own(e) / total, 1), "calls": e.count} for e in top
         ],
     }
+
+
+# --------------------------------------------------------------------------- convolutions alone
+
+
+def step_convs(step, model: torch.nn.Module) -> dict[tuple, dict]:
+    """The Conv2d calls of one training step (no R1), by shape: {key: {"calls", "flops", "first"}} with forward
+    FLOPs and the first module of that shape (the autoencoder's by name; else the discriminator or VGG)."""
+    seen: dict[tuple, dict] = {}
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d) and isinstance(inputs[0], torch.Tensor):
+            n, c, h, w = inputs[0].shape
+            key = (n, c, h, w, module.out_channels, module.kernel_size, module.stride, module.padding,
+                   module.dilation, module.groups)  # fmt: skip
+            flops = 2 * output.numel() * (c // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            first = names.get(id(module), "discriminator or perceptual")
+            row = seen.setdefault(key, {"calls": 0, "flops": 0, "first": first})
+            row["calls"] += 1
+            row["flops"] += flops
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        step(False)
+    finally:
+        handle.remove()
+    return seen
+
+
+def conv_alone(key: tuple, bench: bool, reps: int) -> dict:
+    """One convolution shape alone, forward + backward (input and weight gradients), bf16, channels-last:
+    TFLOP/s (3x the forward FLOPs) and the kernel that took most of the device time."""
+    n, c, h, w, co, k, stride, pad, dil, groups = key
+    torch.backends.cudnn.benchmark = bench
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    conv = torch.nn.Conv2d(c, co, k, stride, pad, dil, groups, bias=True).to(DEVICE, dtype)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def once():
+        y = conv(x)
+        y.backward(torch.ones_like(y))
+
+    for _ in range(3):  # autotuning (when on) happens here
+        once()
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        once()
+    sync()
+    dt = (time.perf_counter() - t) / reps
+    y = conv(x)
+    flops = 3 * 2 * y.numel() * (c // groups) * k[0] * k[1]
+    kernel = None
+    if DEVICE == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            once()
+            sync()
+        events = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                        key=lambda e: -e.self_device_time_total)  # fmt: skip
+        kernel = [e.key[:100] for e in events[:3]]
+    return {"tflops": round(flops / dt / 1e12, 2), "ms": round(dt * 1e3, 3), "kernels": kernel}
+
+
+def convs_check(preset: str, batch: int, smoke: bool, top: int = 8) -> dict:
+    """The step's heaviest convolution shapes, each timed alone with cuDNN autotuning off and on: how fast
+    the convolutions that take most of the step can run on this card, apart from the rest of the step."""
+    step, model = train_setup(preset, batch, "before", smoke)
+    shapes = step_convs(step, model)
+    total = sum(r["flops"] for r in shapes.values()) or 1
+    rows = []
+    for key, r in sorted(shapes.items(), key=lambda kv: -kv[1]["flops"])[:top]:
+        n, c, h, w, co, k, stride, *_rest, groups = key
+        row = {"input": [n, c, h, w], "out_channels": co, "kernel": list(k), "stride": list(stride),
+               "groups": groups, "calls_per_step": r["calls"], "first_module": r["first"],
+               "share_of_conv_flops": round(r["flops"] / total, 3)}  # fmt: skip
+        for bench in (False, True):
+            row["cudnn_benchmark" if bench else "default"] = conv_alone(key, bench, 3 if smoke else 20)
+        rows.append(row)
+    torch.backends.cudnn.benchmark = False
+    covered = sum(r["share_of_conv_flops"] for r in rows)
+    return {"preset": preset, "batch": batch, "conv_shapes": len(shapes),
+            "forward_conv_flops_per_step": total, "top_shapes_share": round(covered, 3), "shapes": rows}  # fmt: skip
+
+
+def conv_calls_by_shape(step, steps: int, top: int = 12) -> list[dict]:
+    """The step's convolution calls grouped by (input, weight) shape, heaviest first: device milliseconds per
+    step of their forward and backward (the kernels each aten call launched), to set beside `convs`, which
+    times the same shapes alone. Says which layers the slow kernels of the profile belong to. A profile of
+    its own (CPU operators with shapes, plus their kernels), apart from the kernel-only one above."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = DEVICE == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities, record_shapes=True) as prof:
+        for i in range(steps):
+            step(r1=i == 0)
+        sync()
+    total = (lambda e: e.device_time_total) if cuda else (lambda e: e.cpu_time_total)  # noqa: E731
+    rows: dict[tuple, dict] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in ("aten::convolution", "aten::convolution_backward") or not e.input_shapes:
+            continue
+        shapes = e.input_shapes
+        # forward: (input, weight, bias, ...); backward: (grad_output, input, weight, ...)
+        x, w = (shapes[0], shapes[1]) if e.key == "aten::convolution" else (shapes[1], shapes[2])
+        if len(x) != 4 or len(w) != 4:
+            continue
+        empty = {"forward_calls": 0, "forward_ms": 0.0, "backward_calls": 0, "backward_ms": 0.0}
+        row = rows.setdefault((tuple(x), tuple(w)), {"input": list(x), "weight": list(w), **empty})
+        kind = "forward" if e.key == "aten::convolution" else "backward"
+        row[f"{kind}_calls"] += e.count
+        row[f"{kind}_ms"] += total(e) / 1000
+    out = []
+    for row in rows.values():
+        for k in ("forward_calls", "backward_calls"):
+            row[k] = round(row[k] / steps, 2)
+        for k in ("forward_ms", "backward_ms"):
+            row[k] = round(row[k] / steps, 3)
+        out.append(row)
+    return sorted(out, key=lambda r: -(r["forward_ms"] + r["backward_ms"]))[:top]
 
 
 # --------------------------------------------------------------------------- decoding
@@ -349,7 +478,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=430, help="stop starting new parts after this many seconds")
     ap.add_argument("--out", default="gpu_check.json")
-    ap.add_argument("--parts", default="train,profile,decode,engine")
+    ap.add_argument("--parts", default="convs,train,profile,decode,engine")
     ap.add_argument("--presets", default="eps-lite-B,eps-sd-M", help="training presets, in this order")
     ap.add_argument(
         "--variants", default="before,after,after+r1/4", help=f"training variants, of {', '.join(VARIANTS)}"
@@ -412,6 +541,9 @@ def main() -> None:
     plan = [("eps-fmnist", 4)] if args.smoke else [(p, batches[p]) for p in args.presets.split(",")]
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
     seconds = 0.5 if args.smoke else 8.0
+    for preset, batch in plan if "convs" in parts else ():
+        result[f"convs_{preset}"] = part(f"convs {preset}", 40, lambda p=preset, b=batch: convs_check(p, b, args.smoke))
+        save()  # part() saved before the assignment
     for preset, batch in plan if "train" in parts else ():
         flops = None
         torch._dynamo.reset()  # each preset compiles afresh, with static shapes
@@ -462,6 +594,20 @@ def print_tables(result: dict) -> None:
     for key in [k for k in result if k.startswith("profile_") and result[k]]:
         prof = result[key]
         print(f"{key} ({prof['device_ms_per_step']} ms/step on the device): {prof['families_percent']}")
+    for key in [k for k in result if k.startswith("profile_") and result[k]]:
+        print(f"{key}: convolutions in the step by shape, ms per step (forward / backward, calls):")
+        for r in result[key].get("convolutions_by_shape", []):
+            print(f"  {str(r['input']):<22} w{str(r['weight']):<20} {r['forward_ms']:>8} / {r['backward_ms']:<8}"
+                  f" ({r['forward_calls']} / {r['backward_calls']})")  # fmt: skip
+    for key in [k for k in result if k.startswith("convs_") and result[k]]:
+        cv = result[key]
+        print(f"{key}: {cv['conv_shapes']} shapes, the {len(cv['shapes'])} heaviest = {cv['top_shapes_share']:.0%}"
+              " of the forward conv FLOPs; each alone, fwd+bwd TFLOP/s (default / cudnn.benchmark):")  # fmt: skip
+        for r in cv["shapes"]:
+            d, b = r["default"], r["cudnn_benchmark"]
+            print(f"  {str(r['input']):<22} -> {r['out_channels']:>4} k{r['kernel'][0]} s{r['stride'][0]}"
+                  f" x{r['calls_per_step']:<3} {r['share_of_conv_flops']:>6.1%}  {d['tflops']:>7} / {b['tflops']:<7}"
+                  f" {r['first_module'][:40]:<40} {(d['kernels'] or ['-'])[0][:50]}")  # fmt: skip
     rows = result["decode"]
     if rows:
         print(f"{'decoder':<18}{'res':>5}{'batch':>6}{'compiled':>9}{'img/s':>10}{'vs SD-VAE':>10}")

@@ -238,6 +238,14 @@ def test_gpu_check_smoke_on_cpu(fmnist, tmp_path):
     result = json.loads(out.read_text())
     assert result["errors"] == [] and result["skipped"] == [], (result["errors"], result["skipped"])
     assert [r["variant"] for r in result["train"]] == ["before", "after", "after+r1/4"]
+    convs = result["convs_eps-fmnist"]  # the step's convolutions, heaviest first, each timed both ways
+    shares = [r["share_of_conv_flops"] for r in convs["shapes"]]
+    assert convs["conv_shapes"] >= len(shares) > 0 and shares == sorted(shares, reverse=True)
+    assert 0 < convs["top_shapes_share"] <= 1.0 and convs["forward_conv_flops_per_step"] > 0
+    assert all(r[m]["tflops"] > 0 for r in convs["shapes"] for m in ("default", "cudnn_benchmark"))
+    by_shape = result["profile_eps-fmnist_after"]["convolutions_by_shape"]  # the profile's convs, by layer shape
+    assert by_shape and all(len(r["input"]) == 4 and len(r["weight"]) == 4 for r in by_shape)
+    assert all(r["forward_calls"] > 0 and r["forward_ms"] > 0 for r in by_shape)
     assert all(r["flops_per_step"] > 0 and r["images_per_s"] > 0 for r in result["train"])
     decoders = {r["decoder"] for r in result["decode"]}
     assert {"sd-vae", "eps-sd-B 1-step", "eps-sd-B 3-step"} <= decoders
