@@ -61,7 +61,17 @@ VARIANTS = {  # name -> (compile, channels_last, fused Adam, R1 sub-sampling, cu
     "before": (False, False, False, 1, False),
     "after": (True, True, True, 1, False),
     "after+r1/4": (True, True, True, 4, False),
-    "after+cudnn-bench": (True, True, True, 1, True),  # not yet a default: measured first
+    "after+cudnn-bench": (True, True, True, 1, True),  # measured on an H200 (2026-12-04): slower, not a default
+    # why the compiled step runs Ampere "indexed" cuDNN kernels where the same shapes alone run Hopper ones
+    # (docs/gpu_check.md, 2026-12-04): the switches without compiling, and compiled without two of inductor's
+    # layout decisions (each compiles afresh)
+    "eager-channels-last": (False, True, True, 1, False),
+    "after+no-padding": (True, True, True, 1, False),
+    "after+no-layout-opt": (True, True, True, 1, False),
+}
+INDUCTOR = {  # variant -> torch._inductor.config values it compiles with (the others: inductor's defaults)
+    "after+no-padding": {"comprehensive_padding": False},
+    "after+no-layout-opt": {"layout_optimization": False},
 }
 
 
@@ -98,6 +108,9 @@ class VGGStandIn(torch.nn.Module):
         return d
 
 
+INDUCTOR_DEFAULTS: dict = {}
+
+
 def matmul_tflops(n: int = 8192, reps: int = 20) -> float:
     a = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
@@ -125,6 +138,12 @@ def train_setup(preset: str, batch: int, variant: str, smoke: bool):
     compiled, channels_last, fused, r1_sub, bench = VARIANTS[variant]
     torch.backends.cudnn.benchmark = bench  # autotune each convolution shape (timed after the warm-up)
     compiled = compiled and not NO_COMPILE
+    if compiled:
+        import torch._inductor.config as inductor_config
+
+        for key in {k for v in INDUCTOR.values() for k in v}:  # compiling happens at the first step, with these
+            INDUCTOR_DEFAULTS.setdefault(key, getattr(inductor_config, key))
+            setattr(inductor_config, key, INDUCTOR.get(variant, {}).get(key, INDUCTOR_DEFAULTS[key]))
     torch.manual_seed(0)
     overrides = ["image_channels=1", "image_size=32"] if smoke else []
     model = EpsilonVAE.from_preset(preset, overrides).to(DEVICE).train()
@@ -483,6 +502,7 @@ def main() -> None:
     ap.add_argument(
         "--variants", default="before,after,after+r1/4", help=f"training variants, of {', '.join(VARIANTS)}"
     )
+    ap.add_argument("--profile-variants", default="after", help="variants whose step is profiled (part profile)")
     ap.add_argument("--decode-batches", default="16,1", help="batches for compiled decoding")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test of this script on tiny settings")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of every variant")
@@ -540,6 +560,10 @@ def main() -> None:
     batches = {"eps-lite-B": 64, "eps-sd-M": 16}
     plan = [("eps-fmnist", 4)] if args.smoke else [(p, batches[p]) for p in args.presets.split(",")]
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    unknown = set(args.variants.split(",") + args.profile_variants.split(",")) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    profiled = set(args.profile_variants.split(","))
     seconds = 0.5 if args.smoke else 8.0
     for preset, batch in plan if "convs" in parts else ():
         result[f"convs_{preset}"] = part(f"convs {preset}", 40, lambda p=preset, b=batch: convs_check(p, b, args.smoke))
@@ -547,11 +571,17 @@ def main() -> None:
     for preset, batch in plan if "train" in parts else ():
         flops = None
         torch._dynamo.reset()  # each preset compiles afresh, with static shapes
-        compiled_once = False
+        compiled_once, compiled_with = False, {}
         for variant in variants:
             run = lambda p=preset, b=batch, v=variant, f=flops: train_bench(p, b, v, seconds, f, args.smoke)  # noqa: E731
-            # the first compiled variant of a preset compiles (about 3 minutes on an H200); the next reuses it
+            # the first compiled variant of a preset compiles (about 3 minutes on an H200); the next reuses it,
+            # unless it compiles with other inductor settings, which start afresh
+            if VARIANTS[variant][0] and compiled_once and compiled_with != INDUCTOR.get(variant, {}):
+                torch._dynamo.reset()
+                compiled_once = False
             compiles = VARIANTS[variant][0] and not compiled_once
+            if compiles:
+                compiled_with = INDUCTOR.get(variant, {})
             compiled_once = compiled_once or VARIANTS[variant][0]
             r = part(f"train {preset} {variant}", 200 if compiles else 30, run)
             if r is None:
@@ -562,8 +592,10 @@ def main() -> None:
             r["fraction_of_datasheet"] = round(r["tflops"] * 1e12 / peak, 3) if peak else None
             result["train"].append(r)
             save()
-            if variant == "after" and "profile" in parts:  # profile the step just compiled, while it exists
-                result[f"profile_{preset}_after"] = part(f"profile {preset}", 20, lambda s=step: profile_step(s))
+            if variant in profiled and "profile" in parts:  # profile the step just compiled, while it exists
+                result[f"profile_{preset}_{variant}"] = part(
+                    f"profile {preset} {variant}", 20, lambda s=step: profile_step(s)
+                )
                 save()  # part() saved before the assignment
             del step
     if "decode" in parts:
