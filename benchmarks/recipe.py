@@ -57,6 +57,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     "pweight01-gamma1": ("eps-fmnist", [*P, "train.loss.perceptual_weight=0.1", "model.flow.gamma=1.0"]),
     "dit-decoder": ("eps-fmnist-dit", []),  # against "preset": the same recipe and budget
     "bf16": ("eps-fmnist", [*P, "train.mixed_precision=bf16"]),  # issue 13's CPU speed-up: the same quality?
+    # arms of the preset itself (perceptual weight 0.1), judged against "preset": does the
+    # term still pay on the recipe users get?
+    "preset-t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
+    "preset-t-uniform-mix": ("eps-fmnist", ["model.flow.t_uniform_mix=0.3"]),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
