@@ -514,3 +514,22 @@ def test_quickstart_precision_bf16_on_a_native_bf16_cpu_kept_on_resume(fmnist, t
     assert qs.quickstart_precision() == "no"
     assert main(["quickstart", "--out", str(tmp_path / "p"), "--steps", "1", "--precision", "no"]) == 0
     assert config(tmp_path / "p") == "no"
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(fmnist, tmp_path, monkeypatch, capsys):
+    """bf16 autocast on a CPU that only emulates bf16 (measured 9x slower than fp32,
+    docs/cpu_step.md) trains, with a warning naming the fix; native bf16, fp32 or a GPU: no warning."""
+    import epsvae.engine as engine
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: False)
+    message = engine.emulated_bf16_warning("bf16", cpu)
+    assert "without bf16 instructions" in message and "train.mixed_precision=no" in message
+    assert engine.emulated_bf16_warning("no", cpu) is None and engine.emulated_bf16_warning("bf16", cuda) is None
+    args = ["train", "--preset", "eps-fmnist", "--data", "fashion-mnist", *TINY, "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "emulated"), "--set", "train.mixed_precision=bf16"]) == 0
+    assert message in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "fp32"), "--set", "train.mixed_precision=no"]) == 0
+    assert "without bf16 instructions" not in capsys.readouterr().out
+    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: True)
+    assert engine.emulated_bf16_warning("bf16", cpu) is None

@@ -90,6 +90,24 @@ def _allow_new_precision(mp: str) -> None:
         AcceleratorState._reset_state()
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions (AVX512-BF16 or AMX). Without them
+    oneDNN emulates bf16, and a training step is far slower than in fp32 (docs/cpu_step.md)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def emulated_bf16_warning(mp: str, device: torch.device) -> str | None:
+    """The message for bf16 autocast on a CPU that only emulates bf16, else None."""
+    if mp != "bf16" or device.type != "cpu" or native_bf16_cpu():
+        return None
+    return (
+        "[train] warning: bf16 autocast on a CPU without bf16 instructions (no AVX512-BF16 or AMX): "
+        "PyTorch emulates it, and eps-fmnist's training step ran 9x slower than in fp32 on a 2-core "
+        "AVX2 CPU (docs/cpu_step.md); train.mixed_precision=no (or auto) trains in fp32"
+    )
+
+
 class Engine:
     """One run directory's training machinery. `tc` is any config with the TrainConfig basics
     (seed, steps, batch_size, micro_batch_size, mixed_precision, grad_clip, ema, ema_warmup,
@@ -111,6 +129,8 @@ class Engine:
         self.main = acc.is_main_process
         self.micro, self.accum = batch_plan(tc.batch_size, getattr(tc, "micro_batch_size", None), self.world)
         self.share = tc.batch_size // self.world  # this process's images per step
+        if self.main and (msg := emulated_bf16_warning(mp, self.device)):
+            print(msg)
         if self.device.type == "cuda":  # TF32 for the fp32 matmuls and convolutions that autocast leaves
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.run_dir = Path(run_dir)

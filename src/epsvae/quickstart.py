@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .data import load_batch, open_dataset
+from .engine import native_bf16_cpu
 from .evaluate import feature_extractors
 from .images import save_grid
 from .metrics import FeatureStats, fid_from_stats, psnr
@@ -33,13 +34,6 @@ def _measure(model, x: torch.Tensor, steps: int, embed, real: FeatureStats, seed
     ).clamp(-1, 1)
     fake = FeatureStats.of_images(embed, x_hat)
     return x_hat, {"psnr_db": psnr(x_hat, x).mean().item(), "fd_indep": fid_from_stats(real, fake)}
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 arithmetic instructions (AVX512-BF16 or AMX). Without them
-    oneDNN emulates bf16 and it brings no speed."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def quickstart_precision(precision: str = "auto") -> str:
