@@ -533,3 +533,20 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(fmnist, tmp_path, mon
     assert "without bf16 instructions" not in capsys.readouterr().out
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: True)
     assert engine.emulated_bf16_warning("bf16", cpu) is None
+
+
+def test_quickstart_says_where_a_time_budget_stopped_it(tmp_path):
+    """A budget that stops the run early is reported with the pace and how to go on; a run that
+    reached its steps, or trained nothing this call, gets no such line."""
+    from epsvae.quickstart import budget_hint
+
+    tc = TrainConfig(steps=2000, warmup=200)
+    tc.loss.disc_start = 500
+    hint = "\n".join(budget_hint({"step": 179, "steps_this_session": 179, "seconds": 600.0}, tc, tmp_path))
+    assert "step 179 of the preset's 2000 (3.35 s per step" in hint
+    assert "200-step warm-up" in hint and "adversarial term starts at step 500" in hint
+    assert f"resumes the run ({tmp_path})" in hint
+    later = "\n".join(budget_hint({"step": 796, "steps_this_session": 100, "seconds": 90.0}, tc, tmp_path))
+    assert "(0.90 s per step on this machine)" in later and "warm-up" not in later
+    assert budget_hint({"step": 2000, "steps_this_session": 5, "seconds": 5.0}, tc, tmp_path) == []
+    assert budget_hint({"step": 179, "steps_this_session": 0, "seconds": 0.0}, tc, tmp_path) == []

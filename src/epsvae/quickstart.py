@@ -45,6 +45,26 @@ def quickstart_precision(precision: str = "auto") -> str:
     return "bf16" if native_bf16_cpu() else "no"
 
 
+def budget_hint(summary: dict, tc, out: Path) -> list[str]:
+    """When the time budget stopped the run early: how far it got, at what pace, and how to go on
+    (a slow CPU may stop a 10-minute quickstart inside the learning-rate warm-up)."""
+    step, done = summary["step"], summary.get("steps_this_session", 0)
+    if step >= tc.steps or not done:
+        return []
+    pace = summary["seconds"] / done
+    where = []
+    if step < tc.warmup:
+        where.append(f"still in the learning rate's {tc.warmup}-step warm-up")
+    if step < tc.loss.disc_start:
+        where.append(f"before the adversarial term starts at step {tc.loss.disc_start}")
+    return [
+        "",
+        f"The time budget stopped training at step {step} of the preset's {tc.steps} ({pace:.2f} s per step "
+        f"on this machine{'; ' + ', '.join(where) if where else ''}). The same command resumes the run "
+        f"({out}) for another budget; the README's quickstart table shows what 561-796 steps reach.",
+    ]
+
+
 def quickstart(
     out: str | Path = "runs/quickstart",
     minutes: float | None = 10.0,
@@ -108,6 +128,7 @@ def quickstart(
         f" network {result['fd_indep_network']} (distances from other networks do not compare).",
         f"Grid: {out / 'reconstructions.png'} (rows: originals, then the rows above in order).",
     ]
+    lines += budget_hint(summary, cfg.train, out)
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
