@@ -548,5 +548,9 @@ def test_quickstart_says_where_a_time_budget_stopped_it(tmp_path):
     assert f"resumes the run ({tmp_path})" in hint
     later = "\n".join(budget_hint({"step": 796, "steps_this_session": 100, "seconds": 90.0}, tc, tmp_path))
     assert "(0.90 s per step on this machine)" in later and "warm-up" not in later
+    assert "README" in hint and "README" not in budget_hint({"step": 9, "steps_this_session": 9, "seconds": 9.0},
+                                                             tc, tmp_path, "vae-fmnist")[-1]  # fmt: skip
+    tc.loss.adv_weight = 0
+    assert "adversarial" not in budget_hint({"step": 9, "steps_this_session": 9, "seconds": 9.0}, tc, tmp_path)[-1]
     assert budget_hint({"step": 2000, "steps_this_session": 5, "seconds": 5.0}, tc, tmp_path) == []
     assert budget_hint({"step": 179, "steps_this_session": 0, "seconds": 0.0}, tc, tmp_path) == []

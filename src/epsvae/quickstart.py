@@ -45,7 +45,7 @@ def quickstart_precision(precision: str = "auto") -> str:
     return "bf16" if native_bf16_cpu() else "no"
 
 
-def budget_hint(summary: dict, tc, out: Path) -> list[str]:
+def budget_hint(summary: dict, tc, out: Path, preset: str = "eps-fmnist") -> list[str]:
     """When the time budget stopped the run early: how far it got, at what pace, and how to go on
     (a slow CPU may stop a 10-minute quickstart inside the learning-rate warm-up)."""
     step, done = summary["step"], summary.get("steps_this_session", 0)
@@ -55,13 +55,14 @@ def budget_hint(summary: dict, tc, out: Path) -> list[str]:
     where = []
     if step < tc.warmup:
         where.append(f"still in the learning rate's {tc.warmup}-step warm-up")
-    if step < tc.loss.disc_start:
+    if step < tc.loss.disc_start and tc.loss.adv_weight > 0:
         where.append(f"before the adversarial term starts at step {tc.loss.disc_start}")
     return [
         "",
         f"The time budget stopped training at step {step} of the preset's {tc.steps} ({pace:.2f} s per step "
         f"on this machine{'; ' + ', '.join(where) if where else ''}). The same command resumes the run "
-        f"({out}) for another budget; the README's quickstart table shows what 561-796 steps reach.",
+        f"({out}) for another budget"
+        + ("; the README's quickstart table shows what 561-796 steps reach." if preset == "eps-fmnist" else "."),
     ]
 
 
@@ -128,7 +129,7 @@ def quickstart(
         f" network {result['fd_indep_network']} (distances from other networks do not compare).",
         f"Grid: {out / 'reconstructions.png'} (rows: originals, then the rows above in order).",
     ]
-    lines += budget_hint(summary, cfg.train, out)
+    lines += budget_hint(summary, cfg.train, out, preset)
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
