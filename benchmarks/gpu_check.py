@@ -75,6 +75,11 @@ INDUCTOR = {  # variant -> torch._inductor.config values it compiles with (the o
 }
 
 
+def tflops(flops: float, seconds: float) -> float:
+    """TFLOP/s to 4 significant digits (a slow CPU's smoke rates are far below 0.01)."""
+    return float(f"{flops / seconds / 1e12:.4g}")
+
+
 def sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -225,7 +230,7 @@ def train_bench(preset: str, batch: int, variant: str, seconds: float, flops: fl
         "images_per_s": round(n * batch / dt, 1),
         "images_per_s_without_r1": round(n_plain * batch / dt_plain, 1),
         "flops_per_step": flops,
-        "tflops": round(flops * n_plain / dt_plain / 1e12, 2),
+        "tflops": tflops(flops * n_plain, dt_plain),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None,
         "_step": step,
     }
@@ -334,7 +339,7 @@ def conv_alone(key: tuple, bench: bool, reps: int) -> dict:
         events = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
                         key=lambda e: -e.self_device_time_total)  # fmt: skip
         kernel = [e.key[:100] for e in events[:3]]
-    return {"tflops": round(flops / dt / 1e12, 2), "ms": round(dt * 1e3, 3), "kernels": kernel}
+    return {"tflops": tflops(flops, dt), "ms": round(dt * 1e3, 3), "kernels": kernel}
 
 
 def convs_check(preset: str, batch: int, smoke: bool, top: int = 8) -> dict:
@@ -524,7 +529,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "perceptual": "VGG16 features, random weights (LPIPS-shaped cost)",
-        "matmul_bf16_tflops_measured": round(matmul_tflops(256 if args.smoke else 8192) / 1e12, 3),
+        "matmul_bf16_tflops_measured": float(f"{matmul_tflops(256 if args.smoke else 8192) / 1e12:.4g}"),
         "datasheet_bf16_dense_tflops": peak / 1e12 if peak else None,
         "train": [],
         "decode": [],

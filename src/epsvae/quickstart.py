@@ -73,10 +73,14 @@ def quickstart(
     preset: str = "eps-fmnist",
     n_eval: int = 500,
     precision: str = "auto",
+    overrides: list[str] | None = None,
 ) -> dict:
+    """Train `preset` for `minutes` (or `steps`) in `out`, or resume it there, then report PSNR and
+    fd_indep of the step-0 and trained weights on `n_eval` test images. `overrides` ("key=value",
+    as `epsvae train --set`) apply to a new run; a resumed run keeps its config and precision."""
     out = Path(out)
     resumed = (out / "config.json").is_file()  # a resumed run keeps the precision it started with
-    overrides = [] if resumed else [f"train.mixed_precision={quickstart_precision(precision)}"]
+    overrides = [] if resumed else [*(overrides or []), f"train.mixed_precision={quickstart_precision(precision)}"]
     cfg = prepare_run(out, preset, overrides, steps=steps)
     if resumed and precision != "auto" and precision != cfg.train.mixed_precision:
         print(f"[quickstart] {out} resumes in the precision it started with ({cfg.train.mixed_precision}); "
