@@ -61,6 +61,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # term still pay on the recipe users get?
     "preset-t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
     "preset-t-uniform-mix": ("eps-fmnist", ["model.flow.t_uniform_mix=0.3"]),
+    "preset-disc-stylegan": (
+        "eps-fmnist",
+        ["model.discriminator.head=stylegan", "model.discriminator.group_channels=8"],
+    ),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
@@ -233,12 +237,13 @@ def print_summary(result: dict) -> None:
         return
     ref, ref2 = vae_fd(result), vae_fd(result, "fd_indep2")
     print(f"\n{result['machine']}, {result['date']}: {result['command']}")
-    print(f"{'variant':<16}{'grid':<14}{'dec':>4}{'PSNR':>15}{'SSIM':>16}{'fd_indep':>16}{'x VAE':>7}"
+    w = max(16, *(len(s["variant"]) + 2 for s in result["summary"]))  # the variant column fits the longest name
+    print(f"{'variant':<{w}}{'grid':<14}{'dec':>4}{'PSNR':>15}{'SSIM':>16}{'fd_indep':>16}{'x VAE':>7}"
           f"{'fd_indep2':>16}{'x VAE':>7}{'fd_domain':>16}")  # fmt: skip
     for s in result["summary"]:
         for key, m in s["results"].items():
             cell = lambda k: f"{m[k]['mean']:.4f}±{m[k]['half_range']:.4f}" if k in m else "-"  # noqa: E731, B023
-            print(f"{s['variant']:<16}{str(s['grid'] or '-'):<14}{key[:4]:>4}{cell('psnr'):>15}{cell('ssim'):>16}"
+            print(f"{s['variant']:<{w}}{str(s['grid'] or '-'):<14}{key[:4]:>4}{cell('psnr'):>15}{cell('ssim'):>16}"
                   f"{cell('fd_indep'):>16}{_ratio(m, 'fd_indep', ref):>7}{cell('fd_indep2'):>16}"
                   f"{_ratio(m, 'fd_indep2', ref2):>7}{cell('fd_domain'):>16}")  # fmt: skip
     print("mean ± half the range over training seeds; fd_indep x VAE: the goal is <= 0.6 at 3 steps with PSNR >= VAE's")
