@@ -36,6 +36,7 @@ from _common import arm_row, is_trained, parse, prepare_feature_networks, save
 
 from epsvae.evaluate import FD_NOTES
 
+STYLEGAN_DISC = ["model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]  # on both recipes
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # the study varies the paper's recipe (PAPER_RECIPE: its perceptual weight, which the
     # eps-fmnist preset left for 0.1); "preset" is eps-fmnist as it is now
@@ -43,7 +44,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     "base": ("eps-fmnist", [*P]),
     "preset": ("eps-fmnist", []),
     "disc-groups8": ("eps-fmnist", [*P, "model.discriminator.group_channels=8"]),
-    "disc-stylegan": ("eps-fmnist", [*P, "model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]),
+    "disc-stylegan": ("eps-fmnist", [*P, *STYLEGAN_DISC]),
     "disc-patch": ("eps-fmnist", [*P, "model.discriminator.head=patch", "model.discriminator.group_channels=8"]),
     "adv-adaptive": ("eps-fmnist", [*P, "train.loss.adv_weighting=adaptive"]),
     "adv-ramp": ("eps-fmnist", [*P, "train.loss.adv_ramp=500"]),
@@ -61,10 +62,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # term still pay on the recipe users get?
     "preset-t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
     "preset-t-uniform-mix": ("eps-fmnist", ["model.flow.t_uniform_mix=0.3"]),
-    "preset-disc-stylegan": (
-        "eps-fmnist",
-        ["model.discriminator.head=stylegan", "model.discriminator.group_channels=8"],
-    ),
+    "preset-disc-stylegan": ("eps-fmnist", STYLEGAN_DISC),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
