@@ -113,3 +113,40 @@ def test_model_trains_on_its_grid_points_when_asked():
     assert set(t.unique().tolist()) == {1.0, 0.75, 0.5, 0.25}
     with pytest.raises(ConfigError, match="at most 1"):
         apply_overrides(tiny_config(), {"flow.t_grid_mix": 0.7, "flow.t_uniform_mix": 0.5})
+
+
+def test_x0_prediction_round_trips_and_clips_near_zero():
+    x_t, d = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([1.0, 0.5, 0.05, 0.01])
+    v = flow.output_to_velocity(d, x_t, t, gamma=0.6, prediction="x0", t_min=0.05)
+    x0 = flow.x0_estimate(x_t, t, v, gamma=0.6)
+    torch.testing.assert_close(x0[:3], d[:3])  # the network's output is the one-step estimate for t >= t_min
+    torch.testing.assert_close(v[3], (x_t[3] - 0.6 * d[3]) / 0.05)  # below t_min, divided by t_min: finite
+    assert flow.output_to_velocity(d, x_t, t, 0.6, "velocity") is d
+    with pytest.raises(ValueError, match="unknown prediction"):
+        flow.output_to_velocity(d, x_t, t, 0.6, "eps")
+
+
+def test_x0_prediction_model_decodes_its_output_and_trains():
+    from epsvae import ConfigError, EpsilonVAE
+    from epsvae.config import apply_overrides
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = EpsilonVAE(apply_overrides(tiny_config(), {"flow.prediction": "x0", "flow.gamma": 0.6})).eval()
+    x = torch.rand(2, model.config.image_channels, 16, 16) * 2 - 1
+    z = model.encode(x)
+    noise = torch.randn_like(x)
+    # one Euler step from t = 1 lands on the network's output at t = 1: the image itself
+    scale = flow.input_scale(torch.ones(2), 0.6).reshape(-1, 1, 1, 1)
+    direct = model.decoder(noise * scale, torch.ones(2), z)
+    torch.testing.assert_close(model.decode(z, steps=1, noise=noise), direct, rtol=1e-5, atol=1e-5)
+    # the training forward's x0_hat is the network's output; the velocity loss reaches every decoder weight
+    out = model(x, t=torch.tensor([0.9, 0.3]), noise=noise)
+    d = model.decoder(out.x_t * flow.input_scale(out.t, 0.6).reshape(-1, 1, 1, 1), out.t, z)
+    torch.testing.assert_close(out.x0_hat, d, rtol=1e-4, atol=1e-5)
+    torch.nn.functional.mse_loss(out.v_pred, out.v_target).backward()
+    assert model.decoder.output_layer.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="flow.prediction"):
+        apply_overrides(tiny_config(), {"flow.prediction": "eps"})

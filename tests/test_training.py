@@ -197,7 +197,7 @@ def test_patch_and_stylegan_heads_train_through_both_losses(fmnist, tmp_path):
     options = ["--set", "model.discriminator.head=patch", "--set", "model.discriminator.group_channels=2",
                "--set", "train.loss.adv_weighting=adaptive", "--set", "train.loss.adv_ramp=3",
                "--set", "train.loss.r1_heuristic=true", "--set", "model.flow.t_grid_mix=0.25",
-               "--set", "model.flow.t_uniform_mix=0.25"]  # fmt: skip
+               "--set", "model.flow.t_uniform_mix=0.25", "--set", "model.flow.prediction=x0"]  # fmt: skip
     assert _train(tmp_path / "a", "--steps", "2", *options) == 0
     assert _train(tmp_path / "a", "--steps", "4", *options) == 0
     assert _train(tmp_path / "b", "--steps", "4", *options) == 0

@@ -102,8 +102,14 @@ class FlowConfig:
     t_grid_mix: float = 0.0
     grid: str = "reversed-log"  # inference grid: 'reversed-log' or 'uniform'
     steps: int = 3  # default decoding steps
+    # what the decoder network outputs: 'velocity' (the paper's) or 'x0' (the clean image,
+    # turned into v = (x_t - γ x0) / max(t, t_min); not in the paper)
+    prediction: str = "velocity"
+    t_min: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.prediction not in ("velocity", "x0"):
+            raise ConfigError(f"flow.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.t_uniform_mix + self.t_grid_mix > 1:
             raise ConfigError(
                 f"flow.t_uniform_mix + flow.t_grid_mix must be at most 1, got {self.t_uniform_mix + self.t_grid_mix}"
@@ -418,7 +424,8 @@ _RANGES: dict[str, dict[str, str]] = {
                       "dropout": "[0,1)", "dit_hidden": "[1,inf)", "dit_depth": "[1,inf)", "dit_heads": "[1,inf)",
                       "dit_patch": "[1,inf)", "dit_mlp_ratio": "(0,inf)"},
     "DiscriminatorConfig": {"channels": "[1,inf)", "group_channels": "[0,inf)", "mbstd_group": "[1,inf)"},
-    "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)", "t_uniform_mix": "[0,1]", "t_grid_mix": "[0,1]"},
+    "FlowConfig": {"t_std": "(0,inf)", "steps": "[1,inf)", "t_uniform_mix": "[0,1]", "t_grid_mix": "[0,1]",
+                   "t_min": "(0,1]"},
     "AutoencoderConfig": {"image_channels": "[1,4]", "image_size": "[1,inf)"},
     "LossConfig": {"velocity_weight": "[0,inf)", "perceptual_weight": "[0,inf)", "adv_weight": "[0,inf)",
                    "disc_start": "[0,inf)", "adv_ramp": "[0,inf)",

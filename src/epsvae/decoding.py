@@ -74,7 +74,8 @@ def integrate(
     model: EpsilonVAE, z: torch.Tensor, x: torch.Tensor, ts: torch.Tensor, sampler: str, tiling: TileConfig | None
 ) -> torch.Tensor:
     """From noise x (N, C, H, W) at t = 1 to the state at t = 0 (γ x0) with `sampler` along `ts`."""
-    dtype, gamma = model.dtype, model.config.flow.gamma
+    dtype, fc = model.dtype, model.config.flow
+    gamma = fc.gamma
     norms = NormState()  # tiled GroupNorm statistics, carried from step to step (a warm start)
 
     def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,6 @@ def integrate(
                 "the decoder overflowed in float16 (non-finite velocity); decode in bfloat16 or float32 "
                 "instead: model.to(torch.bfloat16)"
             )
-        return v.to(x_t.dtype)
+        return flow.output_to_velocity(v.to(x_t.dtype), x_t, t, gamma, fc.prediction, fc.t_min)
 
     return flow.SAMPLERS[sampler](velocity, x, ts)

@@ -8,10 +8,13 @@ data enters the path scaled down, which lowers the SNR at every t:
     x0  = (x_t - t v) / γ                         (one-step estimate from any t)
 
 The network sees x_t / sqrt(((1 - t) γ)^2 + t^2) so its input keeps unit variance
-(for unit-variance data). Samplers integrate dx = v dt from t = 1 to t = 0 on a time
-grid given as a tensor and return the state at the last grid point (γ x0 at t = 0);
-they share one signature, k-diffusion style, so new ones can sit beside Euler. They
-run under the caller's grad mode (decoding differentiates through them when asked).
+(for unit-variance data). It predicts v (the paper's), or, with prediction 'x0', the clean
+image, turned into v = (x_t - γ x0_hat) / max(t, t_min): every call of a few-step decode
+then starts from an image, and the noise at t = 1 need not be copied through the network.
+Samplers integrate dx = v dt from t = 1 to t = 0 on a time grid given as a tensor and
+return the state at the last grid point (γ x0 at t = 0); they share one signature,
+k-diffusion style, so new ones can sit beside Euler. They run under the caller's grad
+mode (decoding differentiates through them when asked).
 """
 
 from __future__ import annotations
@@ -43,6 +46,27 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor, gamma: float = 1.0) -
 def x0_estimate(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """One-step estimate x0_hat = (x_t - t v) / γ; exact when v is the true velocity."""
     return (x_t - _bcast(t, x_t) * v) / gamma
+
+
+PREDICTIONS = ("velocity", "x0")  # what the decoder network outputs
+
+
+def output_to_velocity(
+    out: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    gamma: float = 1.0,
+    prediction: str = "velocity",
+    t_min: float = 0.05,
+) -> torch.Tensor:
+    """The velocity from the network's output: itself ('velocity'), or with 'x0' (the network
+    predicts the clean image) v = (x_t - γ x0_hat) / max(t, t_min), so that `x0_estimate`
+    gives back x0_hat for t >= t_min. The clip keeps v finite near t = 0 (JiT, Li & He 2025)."""
+    if prediction == "velocity":
+        return out
+    if prediction != "x0":
+        raise ValueError(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
+    return (x_t - gamma * out) / _bcast(t.clamp(min=t_min), x_t)
 
 
 def input_scale(t: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:

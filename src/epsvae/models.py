@@ -213,9 +213,11 @@ class EpsilonVAE(Autoencoder):
         self.decoder = decoder(config.decoder, in_channels=c + config.encoder.latent_channels, out_channels=c)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Velocity for x_t (N, C, H, W) at times t (N,) given latents z; x_t is rescaled to unit variance."""
-        scale = flow.input_scale(t, self.config.flow.gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
-        return self.decoder(x_t * scale, t, z)
+        """Velocity for x_t (N, C, H, W) at times t (N,) given latents z; x_t is rescaled to unit variance.
+        With `flow.prediction='x0'` the network's output is the clean image, converted to v here."""
+        fc = self.config.flow
+        scale = flow.input_scale(t, fc.gamma).reshape(-1, 1, 1, 1).to(x_t.dtype)
+        return flow.output_to_velocity(self.decoder(x_t * scale, t, z), x_t, t, fc.gamma, fc.prediction, fc.t_min)
 
     @property
     def last_layer(self) -> torch.Tensor:
