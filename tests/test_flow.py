@@ -142,7 +142,7 @@ def test_x0_prediction_model_decodes_its_output_and_trains():
     scale = flow.input_scale(torch.ones(2), 0.6).reshape(-1, 1, 1, 1)
     direct = model.decoder(noise * scale, torch.ones(2), z)
     torch.testing.assert_close(model.decode(z, steps=1, noise=noise), direct, rtol=1e-5, atol=1e-5)
-    # the training forward's x0_hat is the network's output; the velocity loss reaches every decoder weight
+    # the training forward's x0_hat is the network's output; the velocity loss reaches the decoder's output layer
     out = model(x, t=torch.tensor([0.9, 0.3]), noise=noise)
     d = model.decoder(out.x_t * flow.input_scale(out.t, 0.6).reshape(-1, 1, 1, 1), out.t, z)
     torch.testing.assert_close(out.x0_hat, d, rtol=1e-4, atol=1e-5)

@@ -108,8 +108,10 @@ class FlowConfig:
     t_min: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.prediction not in ("velocity", "x0"):
-            raise ConfigError(f"flow.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
+        from .flow import PREDICTIONS
+
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"flow.prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if self.t_uniform_mix + self.t_grid_mix > 1:
             raise ConfigError(
                 f"flow.t_uniform_mix + flow.t_grid_mix must be at most 1, got {self.t_uniform_mix + self.t_grid_mix}"
