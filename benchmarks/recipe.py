@@ -63,6 +63,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     "preset-t-grid-mix": ("eps-fmnist", ["model.flow.t_grid_mix=0.3"]),
     "preset-t-uniform-mix": ("eps-fmnist", ["model.flow.t_uniform_mix=0.3"]),
     "preset-disc-stylegan": ("eps-fmnist", STYLEGAN_DISC),
+    # the decoder network outputs the clean image (flow.prediction, not in the paper): does
+    # the photo decoder's cleaner decode carry over to the speckle on black backgrounds?
+    "preset-x0": ("eps-fmnist", ["model.flow.prediction=x0"]),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
