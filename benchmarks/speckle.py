@@ -27,6 +27,11 @@ leaves t_k e / γ in the image). `--raw` adds the run's non-EMA weights (a run d
 checkpoint) beside the EMA ones, to separate EMA's part. `--temperatures` scales the
 initial noise (1: the model's own decode; below 1 trades generated detail for less noise
 to carry through the network).
+
+`--figure N` also writes `speckle.png`: the first N test images (top row), then one row per
+model and decode setting (seed 0, clamped as images are written), every pixel shown through
+a display curve v ** `--figure-gamma` on [0, 1] (default 0.4), which lifts near-black specks
+into view without changing what is measured: 1/255 above black is shown as 28/255.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from _common import new_result  # noqa: E402
 from epsvae.checkpoint import load_checkpoint  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
 from epsvae.evaluate import feature_extractor  # noqa: E402
+from epsvae.images import save_grid  # noqa: E402
 from epsvae.metrics import FeatureStats, fid_from_stats, psnr  # noqa: E402
 from epsvae.models import load_pretrained  # noqa: E402
 
@@ -110,7 +116,8 @@ def raw_weights(run: Path, model):
 @torch.no_grad()
 def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int, temperature: float = 1.0, extract=None):
     """Decode every image twice (seeds 0 and 1; once for a VAE) and pool the flat-region statistics;
-    with `extract` (a feature network), also fd_indep of the seed-0 decodes."""
+    with `extract` (a feature network), also fd_indep of the seed-0 decodes. Returns the statistics
+    and the seed-0 decodes."""
     stochastic = model.config.kind == "epsilon"
     decoded: list[list[torch.Tensor]] = [[], []] if stochastic else [[]]
     gens = [torch.Generator().manual_seed(s) for s in range(len(decoded))]
@@ -128,7 +135,12 @@ def measure(model, x_all: torch.Tensor, steps: int | None, grid, batch: int, tem
     if extract is not None:
         real, fake = (FeatureStats.of_images(extract, x, batch) for x in (x_all, decoded_all[0].clamp(-1, 1)))
         row["fd_indep"] = fid_from_stats(real, fake)
-    return row
+    return row, decoded_all[0]
+
+
+def display_curve(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Images in [-1, 1] through v ** gamma on [0, 1] (gamma < 1 lifts the dark end), back to [-1, 1]."""
+    return ((x.clamp(-1, 1) + 1) / 2) ** gamma * 2 - 1
 
 
 def main() -> None:
@@ -142,12 +154,17 @@ def main() -> None:
     ap.add_argument("--raw", action="store_true", help="also the non-EMA weights of each run's checkpoint")
     ap.add_argument("--no-fd", action="store_true", help="skip fd_indep")
     ap.add_argument("--out", default="results/speckle")
+    ap.add_argument("--figure", type=int, default=0, help="write speckle.png with the first N images' decodes")
+    ap.add_argument("--figure-gamma", type=float, default=0.4, help="the figure's display curve (1: as decoded)")
     args = ap.parse_args()
     result = new_result()
     steps = [int(s) for s in args.decode_steps.split(",")]
     grids = [parse_grid(g) for g in args.grids.split(",")]
     first = next((g for g in grids if isinstance(g, str)), None)  # the named grid that decodes one step
     temperatures = [float(v) for v in args.temperatures.split(",")]
+    if args.figure < 0 or not 0 < args.figure_gamma <= 1:
+        raise SystemExit(f"--figure wants N >= 0 and --figure-gamma in (0, 1], got {args.figure}, {args.figure_gamma}")
+    figure: list[torch.Tensor] = []
     for item in args.models.split(","):
         name, _, path = item.partition("=")
         if not path:
@@ -157,6 +174,8 @@ def main() -> None:
         cfg = model.config
         ds = open_dataset(args.data, "test", cfg.image_size, cfg.image_channels)
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), 250)))
+        if args.figure and not figure:
+            figure.append(x_all[: args.figure])
         extract = None if args.no_fd else feature_extractor("indep", args.data, cfg.image_size, cfg.image_channels)[1]
         variants = [("ema", model)]
         if args.raw and (raw := raw_weights(run, model)) is not None:
@@ -173,7 +192,9 @@ def main() -> None:
                 ]
             for grid, s, tau in settings:
                 t0 = time.perf_counter()
-                row = measure(m, x_all, s, grid, 250, tau, extract)
+                row, decoded = measure(m, x_all, s, grid, 250, tau, extract)
+                if args.figure:
+                    figure.append(decoded[: args.figure])
                 label = grid if isinstance(grid, str) or grid is None else ":".join(f"{v:g}" for v in grid.tolist())
                 row = {"model": name, "dir": str(run), "weights": weights, "kind": cfg.kind,
                        "gamma": cfg.flow.gamma if cfg.kind == "epsilon" else None,
@@ -189,6 +210,12 @@ def main() -> None:
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "speckle.json").write_text(json.dumps(result, indent=2) + "\n")
+    if figure:
+        rows = "; ".join(
+            f"{r['model']} {r['weights']} {r['grid']} {r['steps']} tau {r['temperature']:g}" for r in result["rows"]
+        )
+        path = save_grid([display_curve(f, args.figure_gamma) for f in figure], Path(args.out) / "speckle.png", scale=2)
+        print(f"{path}: originals, then {rows} (display curve v ** {args.figure_gamma:g})")
 
 
 if __name__ == "__main__":

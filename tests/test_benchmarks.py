@@ -488,7 +488,7 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
 
     monkeypatch.setenv("EPSVAE_DATA", str(write_fake_fashion_mnist(tmp_path / "black", noise=1)))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from speckle import flat_mask, speckle_stats
+    from speckle import display_curve, flat_mask, speckle_stats
 
     x = -torch.ones(1, 1, 12, 12)
     x[..., 5, 5] = 0.5
@@ -517,10 +517,19 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "speckle.py"), "--limit", "8", "--raw", "--out", str(tmp_path / "s"),
          "--models", f"eps={tmp_path / 'eps'},vae={tmp_path / 'vae'}",
-         "--decode-steps", "1,3", "--grids", "uniform,reversed-log,1:0.5:0.1:0", "--temperatures", "1,0.5"],
+         "--decode-steps", "1,3", "--grids", "uniform,reversed-log,1:0.5:0.1:0", "--temperatures", "1,0.5",
+         "--figure", "3"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the figure: the originals, then one row per measured setting (16 ε-VAE, 1 VAE), 3 images each,
+    # at twice the size (32 px + 2 px padding); black stays black, 1/255 above it is lifted to 28/255
+    from PIL import Image
+
+    figure = Image.open(tmp_path / "s" / "speckle.png")
+    assert figure.size == (2 * (3 * 34 + 2), 2 * (18 * 34 + 2))
+    shown = display_curve(torch.tensor([-1.0, -1 + 2 / 255, 1.0]), 0.4)
+    assert ((shown + 1) * 127.5).round().tolist() == [0, 28, 255]
     rows = json.loads((tmp_path / "s" / "speckle.json").read_text())["rows"]
     eps = [(r["weights"], r["grid"], r["steps"]) for r in rows if r["model"] == "eps"]
     # one step is the same on every named grid: decoded on the first only
