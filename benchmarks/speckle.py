@@ -2,6 +2,7 @@
 
     python benchmarks/speckle.py --models vae=DIR,eps=DIR [--decode-steps 1,2,3]
         [--grids reversed-log,uniform] [--temperatures 1] [--limit N] [--out results/speckle] [--raw]
+        [--figure N [--figure-gamma 0.4]]
 
 Each DIR is an exported model or a run directory (its model/ is used). For every test
 image, the flat-black mask holds the pixels whose 5x5 neighbourhood in the original is
@@ -52,6 +53,7 @@ from _common import new_result  # noqa: E402
 from epsvae.checkpoint import load_checkpoint  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
 from epsvae.evaluate import feature_extractor  # noqa: E402
+from epsvae.folders import DataError  # noqa: E402
 from epsvae.images import save_grid  # noqa: E402
 from epsvae.metrics import FeatureStats, fid_from_stats, psnr  # noqa: E402
 from epsvae.models import load_pretrained  # noqa: E402
@@ -172,10 +174,18 @@ def main() -> None:
         run = Path(path)
         model = load_pretrained(model_dir(run)).eval()
         cfg = model.config
-        ds = open_dataset(args.data, "test", cfg.image_size, cfg.image_channels)
+        try:
+            ds = open_dataset(args.data, "test", cfg.image_size, cfg.image_channels)
+        except DataError as e:
+            raise SystemExit(f"{name}: {e}") from None
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), 250)))
         if args.figure and not figure:
             figure.append(x_all[: args.figure])
+        elif args.figure and x_all.shape[1:] != figure[0].shape[1:]:
+            raise SystemExit(
+                f"--figure puts every model in one image: {name} decodes {tuple(x_all.shape[1:])}, the first model "
+                f"{tuple(figure[0].shape[1:])}; measure models of other sizes in separate runs"
+            )
         extract = None if args.no_fd else feature_extractor("indep", args.data, cfg.image_size, cfg.image_channels)[1]
         variants = [("ema", model)]
         if args.raw and (raw := raw_weights(run, model)) is not None:

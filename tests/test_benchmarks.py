@@ -545,6 +545,35 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
     assert all(r["flat_pixels"] >= 8 * (32**2 - 26**2) and r["flat_std"] >= 0 and r["psnr"] > 0 for r in rows)
 
 
+def test_speckle_figure_refuses_models_of_other_sizes(fmnist, tmp_path):
+    """--figure puts every model in one image: a second model at another size is a clear error, and a model
+    the data does not fit (a 16 px model on 32 px Fashion-MNIST) names itself, not a traceback."""
+    from epsvae import BaselineVAE
+    from epsvae.config import apply_overrides
+    from epsvae.presets import model_config
+
+    from helpers import write_photo_folder
+
+    folder = write_photo_folder(tmp_path / "photos", n=12)
+    small = ["encoder.channels=4", "decoder.channels=4", "image_channels=3"]
+    for size in (16, 32):
+        BaselineVAE(apply_overrides(model_config("vae-fmnist"), [*small, f"image_size={size}"])).save_pretrained(
+            tmp_path / f"vae{size}"
+        )
+    script = [sys.executable, str(ROOT / "benchmarks" / "speckle.py"), "--no-fd", "--out", str(tmp_path / "s")]
+    models = f"a={tmp_path / 'vae32'},b={tmp_path / 'vae16'}"
+    proc = subprocess.run(
+        [*script, "--data", f"folder:{folder}?holdout=0.5", "--models", models, "--figure", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "--figure puts every model in one image: b decodes (3, 16, 16)" in proc.stderr
+    assert not (tmp_path / "s" / "speckle.png").exists()
+    proc = subprocess.run([*script, "--models", f"b={tmp_path / 'vae16'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("b: ") and "32x32" in proc.stderr
+
+
 def test_recipe_quick(fmnist, tmp_path):
     """Variants over training seeds: one run per seed (the seed is part of the run's key), every grid
     evaluated, summaries with the mean and half-range over seeds."""
