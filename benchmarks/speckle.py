@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import new_result  # noqa: E402
 
 from epsvae.checkpoint import load_checkpoint  # noqa: E402
+from epsvae.config import ConfigError  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
 from epsvae.evaluate import feature_extractor  # noqa: E402
 from epsvae.folders import DataError  # noqa: E402
@@ -172,11 +173,11 @@ def main() -> None:
         if not path:
             raise SystemExit(f"--models wants name=DIR pairs, got {item!r}")
         run = Path(path)
-        model = load_pretrained(model_dir(run)).eval()
-        cfg = model.config
-        try:
+        try:  # a missing or foreign model directory, or data the model does not fit: one line naming the model
+            model = load_pretrained(model_dir(run)).eval()
+            cfg = model.config
             ds = open_dataset(args.data, "test", cfg.image_size, cfg.image_channels)
-        except DataError as e:
+        except (ConfigError, DataError, FileNotFoundError) as e:
             raise SystemExit(f"{name}: {e}") from None
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), 250)))
         if args.figure and not figure:

@@ -546,8 +546,8 @@ def test_speckle_measures_flat_region_noise(fmnist, tmp_path, monkeypatch):
 
 
 def test_speckle_figure_refuses_models_of_other_sizes(fmnist, tmp_path):
-    """--figure puts every model in one image: a second model at another size is a clear error, and a model
-    the data does not fit (a 16 px model on 32 px Fashion-MNIST) names itself, not a traceback."""
+    """--figure puts every model in one image: a second model at another size is a clear error; a model
+    the data does not fit (a 16 px model on 32 px Fashion-MNIST) or a missing one names itself, not a traceback."""
     from epsvae import BaselineVAE
     from epsvae.config import apply_overrides
     from epsvae.presets import model_config
@@ -572,6 +572,9 @@ def test_speckle_figure_refuses_models_of_other_sizes(fmnist, tmp_path):
     proc = subprocess.run([*script, "--models", f"b={tmp_path / 'vae16'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.startswith("b: ") and "32x32" in proc.stderr
+    proc = subprocess.run([*script, "--models", f"c={tmp_path / 'none'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("c: ") and "not an epsvae model directory" in proc.stderr
 
 
 def test_recipe_quick(fmnist, tmp_path):
