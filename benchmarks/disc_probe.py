@@ -1,6 +1,7 @@
 """Can the trajectory discriminator tell a trained ε-VAE's x0_hat from x0? A probe.
 
     python benchmarks/disc_probe.py --model DIR [--data fashion-mnist] [--steps 300] [--lrs 2e-4,1e-3]
+                                    [--disc-set head=stylegan --disc-set group_channels=8 ...]
                                     [--batch-size 64] [--heldout 512] [--out results/disc-probe] [--quick]
 
 Trains a fresh discriminator (the model's own discriminator config, the training recipe's
@@ -12,6 +13,10 @@ mean logit gap. A control trains the same discriminator, for the same steps, aga
 x0 blurred by a 2x2 average pool: if the control separates and x0_hat does not, the
 adversarial term of training gives the decoder little to follow at this point (the
 question behind the ablation's "+ trajectory GAN" row).
+
+`--disc-set KEY=VALUE` (repeatable) changes the probed discriminator's config
+(`model.discriminator.KEY`), so that designs (head, GroupNorm grouping) can be compared on
+one frozen decoder: which of them separates its x0_hat from x0, and by how much.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from _common import DEVICE, new_result, save  # also puts src/ on the path
 
 from epsvae import load_pretrained
-from epsvae.config import LossConfig
+from epsvae.config import AutoencoderConfig, ConfigError, LossConfig, apply_overrides, to_dict
 from epsvae.data import load_batch, open_dataset
 from epsvae.losses import disc_pair, discriminator_loss
 from epsvae.models import EpsilonVAE, build_discriminator
@@ -45,9 +50,20 @@ def pairs(model: EpsilonVAE, x: torch.Tensor, fake: str, seed: int):
     return out.x_t, out.t, out.x0_hat if fake == "x0_hat" else blur(x)
 
 
-def probe(model, train, test, fake: str, lr: float, steps: int, batch: int, seed: int = 0) -> dict:
+def probe(
+    model,
+    train,
+    test,
+    fake: str,
+    lr: float,
+    steps: int,
+    batch: int,
+    seed: int = 0,
+    disc_config: AutoencoderConfig | None = None,
+) -> dict:
+    """Train a fresh discriminator (`disc_config`'s; default the model's own) against `fake`; score it held out."""
     torch.manual_seed(seed)
-    disc = build_discriminator(model.config).to(DEVICE)
+    disc = build_discriminator(disc_config or model.config).to(DEVICE)
     opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.0, 0.999))  # the recipe's betas
     lc, rng = LossConfig(), torch.Generator().manual_seed(seed)
     gaps, t0 = [], time.perf_counter()
@@ -93,6 +109,13 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="dataset spec (default: the run's training data, or fashion-mnist)")
     ap.add_argument("--steps", type=int, default=300, help="discriminator steps per probe")
     ap.add_argument("--lrs", default="2e-4,1e-3", help="discriminator learning rates to try")
+    ap.add_argument(
+        "--disc-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the probed discriminator's config, e.g. head=stylegan (repeatable)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--heldout", type=int, default=512, help="test pairs to score")
     ap.add_argument("--out", default="results/disc-probe")
@@ -104,15 +127,26 @@ def main() -> None:
     model = model.to(DEVICE).eval()
     data = args.data or _run_data(Path(args.model)) or "fashion-mnist"
     cfg = model.config
+    try:
+        disc_cfg = apply_overrides(cfg, [f"discriminator.{kv}" for kv in args.disc_set])
+    except ConfigError as e:
+        raise SystemExit(f"--disc-set: {e}") from None
     train = open_dataset(data, "train", cfg.image_size, cfg.image_channels)
     test = open_dataset(data, "test", cfg.image_size, cfg.image_channels)
     steps, heldout, batch = (3, 8, 4) if args.quick else (args.steps, args.heldout, args.batch_size)
     test = torch.utils.data.Subset(test, range(min(heldout, len(test))))
-    result = {**new_result(), "model": args.model, "data": data, "batch_size": batch}
+    result = {
+        **new_result(),
+        "model": args.model,
+        "data": data,
+        "batch_size": batch,
+        "discriminator": to_dict(disc_cfg.discriminator),
+        "disc_set": args.disc_set,
+    }
     print(f"{'fake':<8}{'lr':>8}{'steps':>7}{'fake L1':>9}{'train gap':>11}{'held-out gap':>14}{'rank acc':>10}")
     for fake in ("x0_hat", "blur2x2"):
         for lr in (float(v) for v in args.lrs.split(",")):
-            row = probe(model, train, test, fake, lr, steps, batch)
+            row = probe(model, train, test, fake, lr, steps, batch, disc_config=disc_cfg)
             result["rows"].append(row)
             print(
                 f"{fake:<8}{lr:>8.0e}{steps:>7}{row['fake_l1']:>9.4f}{row['train_gap_last50']:>11.3f}"

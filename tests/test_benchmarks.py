@@ -380,6 +380,23 @@ def test_disc_probe_quick(fmnist, tmp_path):
         ("blur2x2", 1e-3),
     ]
     assert all(0 <= r["heldout_rank_accuracy"] <= 1 and r["fake_l1"] > 0 and r["steps"] == 3 for r in rows)
+    # another discriminator design on the same frozen decoder; a wrong key is one clear line
+    sg = ["--disc-set", "head=stylegan", "--disc-set", "group_channels=8", "--lrs", "2e-4"]
+    proc = subprocess.run(
+        [sys.executable, script, "--model", str(tmp_path / "eps"), "--quick", *sg, "--out", str(tmp_path / "sg")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sg_result = json.loads((tmp_path / "sg" / "disc_probe.json").read_text())
+    assert sg_result["discriminator"]["head"] == "stylegan" and sg_result["discriminator"]["group_channels"] == 8
+    assert rows[0]["heldout_gap"] != sg_result["rows"][0]["heldout_gap"]  # a different network was probed
+    assert [(r["fake"], r["lr"]) for r in sg_result["rows"]] == [("x0_hat", 2e-4), ("blur2x2", 2e-4)]
+    typo = subprocess.run(
+        [sys.executable, script, "--model", str(tmp_path / "eps"), "--quick", "--disc-set", "heads=patch"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert typo.returncode != 0 and "--disc-set" in typo.stderr and "heads" in typo.stderr
+    assert "Traceback" not in typo.stderr
     BaselineVAE(apply_overrides(model_config("vae-fmnist"), tiny[:2])).save_pretrained(tmp_path / "vae")
     bad = subprocess.run(
         [sys.executable, script, "--model", str(tmp_path / "vae"), "--quick"], capture_output=True, text=True
