@@ -36,8 +36,12 @@ FID_FEATURES = "indep,indep2,features:auto"
 # The paper's perceptual weight (PAPER.md), which eps-fmnist's default left on 2026-11-29 for
 # 0.1 (docs/presets.md). The studies of the paper's recipe (the ablation, γ, steps, the frozen
 # encoder, resolution, compression, generation, the recipe study's variants) pin it: their
-# runs keep the keys, and their documented numbers the meaning, they had before.
-PAPER_RECIPE = ["train.loss.perceptual_weight=0.5"]
+# runs keep the keys, and their documented numbers the meaning, they had before. They pin the
+# paper-like discriminator too (the pool head, one channel per GroupNorm group), which
+# eps-fmnist left on 2026-12-06 for the StyleGAN head (POOL_DISC: at the config's defaults,
+# so left out of the run keys).
+POOL_DISC = ["model.discriminator.head=pool", "model.discriminator.group_channels=0"]
+PAPER_RECIPE = ["train.loss.perceptual_weight=0.5", *POOL_DISC]
 
 
 def new_result() -> dict:

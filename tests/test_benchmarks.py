@@ -381,14 +381,14 @@ def test_disc_probe_quick(fmnist, tmp_path):
     ]
     assert all(0 <= r["heldout_rank_accuracy"] <= 1 and r["fake_l1"] > 0 and r["steps"] == 3 for r in rows)
     # another discriminator design on the same frozen decoder; a wrong key is one clear line
-    sg = ["--disc-set", "head=stylegan", "--disc-set", "group_channels=8", "--lrs", "2e-4"]
+    sg = ["--disc-set", "head=patch", "--disc-set", "group_channels=2", "--lrs", "2e-4"]  # eps-fmnist's: stylegan, 8
     proc = subprocess.run(
         [sys.executable, script, "--model", str(tmp_path / "eps"), "--quick", *sg, "--out", str(tmp_path / "sg")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     sg_result = json.loads((tmp_path / "sg" / "disc_probe.json").read_text())
-    assert sg_result["discriminator"]["head"] == "stylegan" and sg_result["discriminator"]["group_channels"] == 8
+    assert sg_result["discriminator"]["head"] == "patch" and sg_result["discriminator"]["group_channels"] == 2
     assert rows[0]["heldout_gap"] != sg_result["rows"][0]["heldout_gap"]  # a different network was probed
     assert [(r["fake"], r["lr"]) for r in sg_result["rows"]] == [("x0_hat", 2e-4), ("blur2x2", 2e-4)]
     typo = subprocess.run(
@@ -717,7 +717,7 @@ def test_run_cache_keys_survive_new_config_keys():
     digest at their defaults (a new key missing from LATER_KEYS changes these pinned names; a
     changed preset recipe should, and then the pins move with it)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _common import PAPER_RECIPE, run_dir
+    from _common import PAPER_RECIPE, POOL_DISC, run_dir
 
     runs = Path("runs")
     # the paper's recipe (eps-fmnist's default until 2026-11-29), pinned by the studies of it
@@ -728,11 +728,17 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "eps-fmnist", [*PAPER_RECIPE, "model.flow.t_grid_mix=0.3"], None).name == (
         "eps-fmnist-612b265e47"
     )
-    # the preset today is the recipe study's `pweight01`: its trained seeds are the preset's
+    # the preset until 2026-12-06 is the recipe study's `pweight01`: its trained seeds are
+    # `preset-disc-pool`'s
     ours = [*PAPER_RECIPE, "train.loss.perceptual_weight=0.1"]
-    assert run_dir(runs, "eps-fmnist", [], None).name == run_dir(runs, "eps-fmnist", ours, None).name
-    assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-7bcf0e8056"
-    assert run_dir(runs, "eps-fmnist", ["train.seed=1"], None).name == "eps-fmnist-b40871d9f3"
+    assert run_dir(runs, "eps-fmnist", POOL_DISC, None).name == run_dir(runs, "eps-fmnist", ours, None).name
+    assert run_dir(runs, "eps-fmnist", POOL_DISC, None).name == "eps-fmnist-7bcf0e8056"
+    assert run_dir(runs, "eps-fmnist", [*POOL_DISC, "train.seed=1"], None).name == "eps-fmnist-b40871d9f3"
+    # the preset today adds the StyleGAN discriminator head: its seeds are `preset-disc-stylegan`'s
+    stylegan = [*ours, "model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]
+    assert run_dir(runs, "eps-fmnist", [], None).name == run_dir(runs, "eps-fmnist", stylegan, None).name
+    assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-8ab99927e5"
+    assert run_dir(runs, "eps-fmnist", ["train.seed=1"], None).name == "eps-fmnist-f956990db8"
 
 
 def test_eval_key_ignores_presets_but_not_other_source(tmp_path, monkeypatch):

@@ -277,6 +277,9 @@ def test_discriminator_config_is_checked():
     with pytest.raises(ConfigError, match="needs a 4x4 feature map.*model.image_size >= 32"):
         apply_overrides(run_config("eps-fmnist"), {"model.discriminator.head": "stylegan", "model.image_size": 16})
     apply_overrides(run_config("eps-fmnist"), {"model.discriminator.head": "stylegan"})  # 32 px: 4x4, accepted
+    with pytest.raises(ConfigError, match="train.resolution 16 with 3 discriminator levels.*resolution >= 32"):
+        apply_overrides(run_config("eps-fmnist"), {"train.resolution": 16})  # the crops the discriminator sees
+    apply_overrides(run_config("eps-fmnist"), {"train.resolution": 16, "model.discriminator.head": "pool"})
     with pytest.raises(ConfigError, match="unscaled fp16 gradients"):
         apply_overrides(
             run_config("eps-fmnist"), {"train.mixed_precision": "fp16", "train.loss.adv_weighting": "adaptive"}

@@ -276,6 +276,16 @@ class RunConfig:
     model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        res, disc = self.train.resolution, self.model.discriminator
+        levels = len(disc.channel_mult)
+        if res is not None and disc.head == "stylegan" and res < 4 * 2**levels:
+            raise ConfigError(
+                f"the stylegan discriminator head needs a 4x4 feature map: train.resolution {res} with {levels} "
+                f"discriminator levels leaves {res // 2**levels}x{res // 2**levels}; use train.resolution >= "
+                f"{4 * 2**levels}, fewer model.discriminator.channel_mult levels, or model.discriminator.head=pool"
+            )
+
 
 @dataclass
 class DiTConfig:
