@@ -70,6 +70,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # the decoder network outputs the clean image (flow.prediction, not in the paper): does
     # the photo decoder's cleaner decode carry over to the speckle on black backgrounds?
     "preset-x0": ("eps-fmnist", [*POOL_DISC, "model.flow.prediction=x0"]),
+    # the same on the preset as it is now (the StyleGAN head): x0 was measured beside the pool head only
+    "preset-sg-x0": ("eps-fmnist", ["model.flow.prediction=x0"]),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
