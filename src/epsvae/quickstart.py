@@ -62,7 +62,7 @@ def budget_hint(summary: dict, tc, out: Path, preset: str = "eps-fmnist") -> lis
         f"The time budget stopped training at step {step} of the preset's {tc.steps} ({pace:.2f} s per step "
         f"on this machine{'; ' + ', '.join(where) if where else ''}). The same command resumes the run "
         f"({out}) for another budget"
-        + ("; the README's quickstart table shows what 561-796 steps reach." if preset == "eps-fmnist" else "."),
+        + ("; the README's quickstart table shows what 769-1027 steps reach." if preset == "eps-fmnist" else "."),
     ]
 
 
