@@ -87,6 +87,17 @@ class DiscriminatorConfig:
         if self.head not in ("pool", "stylegan", "patch"):
             raise ConfigError(f"discriminator.head must be 'pool', 'stylegan' or 'patch', got {self.head!r}")
 
+    def check_size(self, size: int, key: str) -> None:
+        """The stylegan head flattens a 4x4 map: images of `size` px (set by config key `key`) must
+        leave at least that after the discriminator's levels."""
+        levels = len(self.channel_mult)
+        if self.head == "stylegan" and size < 4 * 2**levels:
+            raise ConfigError(
+                f"the stylegan discriminator head needs a 4x4 feature map: {key} {size} with {levels} "
+                f"discriminator levels leaves {size // 2**levels}x{size // 2**levels}; use {key} >= "
+                f"{4 * 2**levels}, fewer model.discriminator.channel_mult levels, or model.discriminator.head=pool"
+            )
+
 
 @dataclass
 class FlowConfig:
@@ -160,14 +171,7 @@ class AutoencoderConfig:
             raise ConfigError(f"flow.t_sampler must be 'logit-normal' or 'uniform', got {self.flow.t_sampler!r}")
         if not 0 < self.flow.gamma <= 1:
             raise ConfigError(f"flow.gamma must be in (0, 1], got {self.flow.gamma}")
-        levels = len(self.discriminator.channel_mult)
-        if self.discriminator.head == "stylegan" and self.image_size < 4 * 2**levels:
-            raise ConfigError(
-                f"the stylegan discriminator head needs a 4x4 feature map: image_size {self.image_size} with "
-                f"{levels} discriminator levels leaves {self.image_size // 2**levels}x{self.image_size // 2**levels}; "
-                f"use model.image_size >= {4 * 2**levels}, fewer model.discriminator.channel_mult levels, "
-                "or another model.discriminator.head"
-            )
+        self.discriminator.check_size(self.image_size, "model.image_size")
 
     @property
     def decoder_upsample(self) -> int:
@@ -277,14 +281,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        res, disc = self.train.resolution, self.model.discriminator
-        levels = len(disc.channel_mult)
-        if res is not None and disc.head == "stylegan" and res < 4 * 2**levels:
-            raise ConfigError(
-                f"the stylegan discriminator head needs a 4x4 feature map: train.resolution {res} with {levels} "
-                f"discriminator levels leaves {res // 2**levels}x{res // 2**levels}; use train.resolution >= "
-                f"{4 * 2**levels}, fewer model.discriminator.channel_mult levels, or model.discriminator.head=pool"
-            )
+        if self.train.resolution is not None:  # the training crops are what the discriminator sees
+            self.model.discriminator.check_size(self.train.resolution, "train.resolution")
 
 
 @dataclass
