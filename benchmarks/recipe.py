@@ -72,6 +72,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     "preset-x0": ("eps-fmnist", [*POOL_DISC, "model.flow.prediction=x0"]),
     # the same on the preset as it is now (the StyleGAN head): x0 was measured beside the pool head only
     "preset-sg-x0": ("eps-fmnist", ["model.flow.prediction=x0"]),
+    # the baseline with the preset's discriminator: is the StyleGAN head's gain the diffusion
+    # decoder's, or would the VAE it is compared with take it as well?
+    "vae-disc-stylegan": ("vae-fmnist", STYLEGAN_DISC),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
