@@ -41,6 +41,8 @@ FID_FEATURES = "indep,indep2,features:auto"
 # eps-fmnist left on 2026-12-06 for the StyleGAN head (POOL_DISC: at the config's defaults,
 # so left out of the run keys).
 POOL_DISC = ["model.discriminator.head=pool", "model.discriminator.group_channels=0"]
+# eps-fmnist's discriminator since 2026-12-06, as overrides: the arms that add it to another recipe
+STYLEGAN_DISC = ["model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]
 PAPER_RECIPE = ["train.loss.perceptual_weight=0.5", *POOL_DISC]
 
 

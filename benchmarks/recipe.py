@@ -32,11 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import PAPER_RECIPE as P
-from _common import POOL_DISC, arm_row, is_trained, parse, prepare_feature_networks, save
+from _common import POOL_DISC, STYLEGAN_DISC, arm_row, is_trained, parse, prepare_feature_networks, save
 
 from epsvae.evaluate import FD_NOTES
 
-STYLEGAN_DISC = ["model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]  # on both recipes
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # the study varies the paper's recipe (PAPER_RECIPE: its perceptual weight, which the
     # eps-fmnist preset left for 0.1); "preset" is eps-fmnist as it is now (the StyleGAN

@@ -717,7 +717,7 @@ def test_run_cache_keys_survive_new_config_keys():
     digest at their defaults (a new key missing from LATER_KEYS changes these pinned names; a
     changed preset recipe should, and then the pins move with it)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _common import PAPER_RECIPE, POOL_DISC, run_dir
+    from _common import PAPER_RECIPE, POOL_DISC, STYLEGAN_DISC, run_dir
 
     runs = Path("runs")
     # the paper's recipe (eps-fmnist's default until 2026-11-29), pinned by the studies of it
@@ -735,7 +735,7 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "eps-fmnist", POOL_DISC, None).name == "eps-fmnist-7bcf0e8056"
     assert run_dir(runs, "eps-fmnist", [*POOL_DISC, "train.seed=1"], None).name == "eps-fmnist-b40871d9f3"
     # the preset today adds the StyleGAN discriminator head: its seeds are `preset-disc-stylegan`'s
-    stylegan = [*ours, "model.discriminator.head=stylegan", "model.discriminator.group_channels=8"]
+    stylegan = [*ours, *STYLEGAN_DISC]
     assert run_dir(runs, "eps-fmnist", [], None).name == run_dir(runs, "eps-fmnist", stylegan, None).name
     assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-8ab99927e5"
     assert run_dir(runs, "eps-fmnist", ["train.seed=1"], None).name == "eps-fmnist-f956990db8"
