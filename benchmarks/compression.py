@@ -15,12 +15,12 @@ smoke test that runs in seconds.
 
 from __future__ import annotations
 
-from _common import PAPER_RECIPE, add_row, arm_row, parse, print_table, save
+from _common import PAPER_RECIPE, POOL_DISC, add_row, arm_row, parse, print_table, save
 
 ARMS = {  # name -> (preset, overrides)
-    "vae-1x": ("vae-fmnist", []),
+    "vae-1x": ("vae-fmnist", [*POOL_DISC]),  # the VAE as measured (the pool head: PAPER_RECIPE's)
     "eps-1x": ("eps-fmnist", [*PAPER_RECIPE]),  # the paper's recipe (its perceptual weight), as measured
-    "vae-2x": ("vae-fmnist", ["model.encoder.latent_channels=1"]),
+    "vae-2x": ("vae-fmnist", [*POOL_DISC, "model.encoder.latent_channels=1"]),
     "eps-2x": ("eps-fmnist", [*PAPER_RECIPE, "model.encoder.latent_channels=1"]),
     # the paper's generation claim as it means it: 2x compression by fewer latent positions
     # (f8, 4x4x4 = 64 numbers, 4x fewer positions than 8x8x2), not by fewer channels

@@ -572,7 +572,8 @@ def test_speckle_figure_refuses_models_of_other_sizes(fmnist, tmp_path):
     from helpers import write_photo_folder
 
     folder = write_photo_folder(tmp_path / "photos", n=12)
-    small = ["encoder.channels=4", "decoder.channels=4", "image_channels=3"]
+    # the pool head: vae-fmnist's StyleGAN head needs 32 px (unused here: speckle.py only decodes)
+    small = ["encoder.channels=4", "decoder.channels=4", "image_channels=3", "discriminator.head=pool"]
     for size in (16, 32):
         BaselineVAE(apply_overrides(model_config("vae-fmnist"), [*small, f"image_size={size}"])).save_pretrained(
             tmp_path / f"vae{size}"
@@ -722,8 +723,14 @@ def test_run_cache_keys_survive_new_config_keys():
     runs = Path("runs")
     # the paper's recipe (eps-fmnist's default until 2026-11-29), pinned by the studies of it
     assert run_dir(runs, "eps-fmnist", PAPER_RECIPE, None).name == "eps-fmnist-53b73ce8bf"
-    assert run_dir(runs, "vae-fmnist", [], None).name == "vae-fmnist-7e37b0cf4d"
+    # the VAE as the studies measured it (the pool head, its default until 2026-12-07)
+    assert run_dir(runs, "vae-fmnist", POOL_DISC, None).name == "vae-fmnist-7e37b0cf4d"
     assert run_dir(runs, "vae-fmnist", PAPER_RECIPE, None).name == "vae-fmnist-7e37b0cf4d"  # the VAE's own
+    assert run_dir(runs, "vae-fmnist", [*POOL_DISC, "train.seed=1"], None).name == "vae-fmnist-7dc42abf54"
+    # the VAE today takes eps-fmnist's StyleGAN head: its seeds are `vae-disc-stylegan`'s
+    assert run_dir(runs, "vae-fmnist", [], None).name == run_dir(runs, "vae-fmnist", STYLEGAN_DISC, None).name
+    assert run_dir(runs, "vae-fmnist", [], None).name == "vae-fmnist-fec03eb845"
+    assert run_dir(runs, "vae-fmnist", ["train.seed=1"], None).name == "vae-fmnist-f9b3d7291c"
     assert run_dir(runs, "eps-fmnist", [*PAPER_RECIPE, "train.seed=0"], None).name == "eps-fmnist-53b73ce8bf"
     assert run_dir(runs, "eps-fmnist", [*PAPER_RECIPE, "model.flow.t_grid_mix=0.3"], None).name == (
         "eps-fmnist-612b265e47"

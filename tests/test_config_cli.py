@@ -43,17 +43,19 @@ def test_sd_and_fmnist_presets():
 
 
 def test_fmnist_recipe_defaults_ours_vs_the_papers():
-    """eps-fmnist (and its DiT twin) trains with our chosen perceptual weight at the paper's γ and
-    the StyleGAN discriminator head with 8-channel GroupNorm groups (docs/presets.md); the VAE and
-    the paper-sized presets keep the paper's 0.5 and the pool head."""
+    """eps-fmnist (and its DiT twin) trains with our chosen perceptual weight at the paper's γ;
+    the Fashion-MNIST pair (the VAE too, since 2026-12-07) with the StyleGAN discriminator head
+    and 8-channel GroupNorm groups (docs/presets.md); the VAE keeps the paper's 0.5, and the
+    photo and paper-sized presets the paper's 0.5 and the pool head."""
     from epsvae.presets import run_config
 
-    for name in ("eps-fmnist", "eps-fmnist-dit"):
+    for name in ("eps-fmnist", "eps-fmnist-dit", "vae-fmnist"):
         cfg = run_config(name)
-        assert (cfg.train.loss.perceptual_weight, cfg.model.flow.gamma) == (0.1, 0.6), name
+        weight = 0.5 if name == "vae-fmnist" else 0.1
+        assert (cfg.train.loss.perceptual_weight, cfg.model.flow.gamma) == (weight, 0.6), name
         disc = cfg.model.discriminator
         assert (disc.head, disc.group_channels, disc.channel_mult) == ("stylegan", 8, (1, 2, 4)), name
-    for name in ("vae-fmnist", "eps-photo", "eps-lite-B", "eps-sd-B"):
+    for name in ("eps-photo", "vae-photo", "eps-lite-B", "eps-sd-B"):
         cfg = run_config(name)
         assert (cfg.train.loss.perceptual_weight, cfg.model.flow.gamma) == (0.5, 0.6), name
         assert (cfg.model.discriminator.head, cfg.model.discriminator.group_channels) == ("pool", 0), name

@@ -68,17 +68,17 @@ _FMNIST_ENCODER = {
     "extra_blocks": 1,
     "latent_channels": 2,
 }
+# The discriminator ends in the StyleGAN head (minibatch std, flatten at 4x4) with 8 channels
+# per GroupNorm group: eps-fmnist's since 2026-12-06, vae-fmnist's since 2026-12-07 (the pool
+# head over one-channel groups before; docs/presets.md)
 _FMNIST = {
     "image_channels": 1,
     "image_size": 32,
     "encoder": _FMNIST_ENCODER,
-    "discriminator": {"channels": 32, "channel_mult": (1, 2, 4)},
+    "discriminator": {"channels": 32, "channel_mult": (1, 2, 4), "head": "stylegan", "group_channels": 8},
 }
-# eps-fmnist's discriminator ends in the StyleGAN head (minibatch std, flatten at 4x4) with
-# 8 channels per GroupNorm group since 2026-12-06 (the pool head before; docs/presets.md)
 PRESETS["eps-fmnist"] = {
     **_FMNIST,
-    "discriminator": {**_FMNIST["discriminator"], "head": "stylegan", "group_channels": 8},
     "kind": "epsilon",
     "decoder": {"channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attn_levels": (2,)},
 }
