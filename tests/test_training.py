@@ -435,6 +435,10 @@ def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, caps
     assert student.config.flow.steps == 1 and meta["_distilled_from"]["teacher_steps"] == 2
     run = json.loads((tmp_path / "s" / "config.json").read_text())["train"]
     assert run["loss"]["velocity_weight"] == 0 and run["distill_from"] == str(teacher_dir.resolve())
+    from epsvae.presets import run_config
+
+    recipe = run_config("eps-fmnist").train  # a fine-tune: a quarter of the recipe's learning rates
+    assert (run["lr"], run["disc_lr"]) == (recipe.lr / 4, recipe.disc_lr / 4) == (5e-5, 5e-5)
     for a, b in zip(student.encoder.state_dict().values(), teacher.encoder.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # frozen: the teacher's latents stay valid
     assert not all(
@@ -450,9 +454,11 @@ def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, caps
     assert main(["distill", "--model", str(tmp_path / "teacher"), "--out", str(tmp_path / "s"), "--steps", "4"]) == 0
     # without --teacher-steps the teacher's own step count is used, and recorded
     assert main(["distill", "--model", str(teacher_dir), "--out", str(tmp_path / "s2"), "--preset", "eps-fmnist",
-                 *TINY, "--steps", "1"]) == 0  # fmt: skip
+                 *TINY, "--steps", "1", "--set", "train.lr=2e-4"]) == 0  # fmt: skip
     meta = json.loads((tmp_path / "s2" / "model" / "config.json").read_text())
     assert meta["_distilled_from"]["teacher_steps"] == teacher.config.flow.steps == 3
+    run = json.loads((tmp_path / "s2" / "config.json").read_text())["train"]
+    assert (run["lr"], run["disc_lr"]) == (2e-4, 5e-5)  # --set wins over the distillation default
     # a VAE cannot be a teacher; a teacher of no preset's architecture needs --preset (the recipe)
     assert main(["train", "--preset", "vae-fmnist", "--out", str(tmp_path / "v"), "--steps", "1", *TINY[:8]]) == 0
     capsys.readouterr()

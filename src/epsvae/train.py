@@ -97,6 +97,9 @@ def prepare_run(
     return cfg
 
 
+DISTILL_LR_SCALE = 0.25  # `epsvae distill`'s learning rates against the training recipe's
+
+
 def prepare_distill(
     run_dir: str | Path,
     teacher: str | Path,
@@ -115,7 +118,8 @@ def prepare_distill(
     `distill` term), with the perceptual term against the data and the adversarial term on
     (image, noise) pairs at t = 1. The velocity term is off; the model decodes in 1 step by
     default. The training recipe is `preset`'s (default: the preset whose architecture the
-    teacher has), as for `train`.
+    teacher has), as for `train`, at a quarter of its learning rates (`DISTILL_LR_SCALE`;
+    `--set train.lr=...` and `train.disc_lr` set them).
     """
     from .presets import PRESETS, model_config, run_config
 
@@ -144,6 +148,11 @@ def prepare_distill(
             raise ConfigError(f"{teacher} matches no preset's architecture: give --preset for the training recipe")
         preset = matches[0]
     base = run_config(preset)  # the recipe; the model is the teacher's, decoding in 1 step
+    # a fine-tune of trained weights: a quarter of the recipe's learning rates (at eps-fmnist's
+    # 2e-4 the distill term rose tenfold during the warm-up on three teachers; at 5e-5 the
+    # student met its teacher's 3 steps on all three: docs/results.md, "One-step decoding")
+    base.train.lr *= DISTILL_LR_SCALE
+    base.train.disc_lr *= DISTILL_LR_SCALE
     base.train.distill_from = teacher
     base.train.distill_steps = source.flow.steps  # the teacher's own (overridden by --teacher-steps)
     base.model = source
