@@ -149,7 +149,7 @@ def prepare_distill(
         preset = matches[0]
     base = run_config(preset)  # the recipe; the model is the teacher's, decoding in 1 step
     # a fine-tune of trained weights: a quarter of the recipe's learning rates (at eps-fmnist's
-    # 2e-4 the distill term rose tenfold during the warm-up on three teachers; at 5e-5 the
+    # 2e-4 the distill term rose 3-7x during the warm-up on three teachers; at 5e-5 the
     # student met its teacher's 3 steps on all three: docs/results.md, "One-step decoding")
     base.train.lr *= DISTILL_LR_SCALE
     base.train.disc_lr *= DISTILL_LR_SCALE
