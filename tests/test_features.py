@@ -7,6 +7,7 @@ tests write weight files with random weights and check that `lpips-vgg:PATH` and
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,41 @@ def test_auto_network_uses_a_shipped_network_ahead_of_training_and_the_cache(fmn
     (ship / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(PerceptualError, match="cannot be read"):
         auto_network("indep", "fashion-mnist", 32, 1)
+
+
+def test_auto_network_is_trained_once_when_processes_start_together(fmnist, tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    from epsvae import features
+
+    monkeypatch.setattr(features, "SHIPPED_DIR", tmp_path / "none")
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
+    path = features.auto_network_dir("indep2", "fashion-mnist", 32, 1)
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"half-written")  # an interrupted fill: no config.json
+    calls = []
+
+    def small(data_spec, out, objective, *a, **k):
+        calls.append(Path(out))
+        assert not (path / "config.json").exists()  # trained aside, moved into place whole
+        time.sleep(0.5)  # the other caller arrives while this one trains
+        return train_feature_net(data_spec, out, objective, epochs=1, batch_size=16, widths=(4, 8), min_images=64,
+                                 device="cpu", seed=0, resolution=32, channels=1)  # fmt: skip
+
+    monkeypatch.setattr(features, "train_feature_net", small)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(auto_network("indep2", "fashion-mnist", 32, 1)))
+               for _ in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert got == [path, path] and len(calls) == 1 and calls[0] != path
+    assert "waiting for another process" in capsys.readouterr().out
+    assert FeatureNet.load(path).digest() == json.loads((path / "config.json").read_text())["metrics"]["digest"]
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_independent_network_differs_from_the_perceptual_one(fmnist):
