@@ -459,6 +459,11 @@ def test_distill_trains_a_one_step_student_of_the_teacher(fmnist, tmp_path, caps
     assert meta["_distilled_from"]["teacher_steps"] == teacher.config.flow.steps == 3
     run = json.loads((tmp_path / "s2" / "config.json").read_text())["train"]
     assert (run["lr"], run["disc_lr"]) == (2e-4, 5e-5)  # --set wins over the distillation default
+    # 0.3 of the recipe's steps by default (600 for eps-fmnist, the measured budget); --steps wins
+    from epsvae.train import prepare_distill
+
+    assert prepare_distill(tmp_path / "s3", teacher_dir, "eps-fmnist").train.steps == 600
+    assert prepare_distill(tmp_path / "s4", teacher_dir, "eps-fmnist", steps=7).train.steps == 7
     # a VAE cannot be a teacher; a teacher of no preset's architecture needs --preset (the recipe)
     assert main(["train", "--preset", "vae-fmnist", "--out", str(tmp_path / "v"), "--steps", "1", *TINY[:8]]) == 0
     capsys.readouterr()

@@ -52,7 +52,9 @@ def add_parsers(sub, command) -> None:
     p.add_argument("--teacher-steps", type=positive_int, help="the teacher's decoding steps (default: its own)")
     p.add_argument("--preset", help="training recipe (default: the preset with the teacher's architecture)")
     p.add_argument("--data", help="dataset spec (default: the preset's)")
-    p.add_argument("--steps", type=positive_int, help="total steps (default: the preset's budget)")
+    p.add_argument(
+        "--steps", type=positive_int, help="total steps (default: 0.3 of the preset's budget, 600 for eps-fmnist)"
+    )
     p.add_argument("--minutes", type=positive_float, help="stop after this many minutes (checkpointed; resumable)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
