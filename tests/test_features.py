@@ -140,6 +140,7 @@ def test_auto_network_is_trained_once_when_processes_start_together(fmnist, tmp_
     path = features.auto_network_dir("indep2", "fashion-mnist", 32, 1)
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(b"half-written")  # an interrupted fill: no config.json
+    (path.parent / f".{path.name}.999999.tmp").mkdir()  # the private directory of a process that died
     calls = []
 
     def small(data_spec, out, objective, *a, **k):

@@ -359,8 +359,9 @@ def auto_network(role: str, data_spec: str, resolution: int | None = None, chann
         if not (path / "config.json").is_file():
             objective, widths, seed, epochs, batch = ROLES[role]
             print(f"[features] training the {role} network ({objective}) for {data_spec} once, cached at {path}")
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process that died training it
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
             train_feature_net(data_spec, tmp, objective, epochs, batch, widths=widths, resolution=resolution,
                               channels=channels, seed=seed)  # fmt: skip
             shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover of an older epsvae (no config.json)
