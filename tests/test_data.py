@@ -40,6 +40,38 @@ def test_download_is_verified(tmp_path, monkeypatch):
     assert not any((tmp_path / "cache" / "fashion-mnist").glob("*.gz"))
 
 
+def test_download_happens_once_when_processes_start_together(tmp_path, monkeypatch, capsys):
+    """Two callers at once: one downloads each file, the other waits and finds them verified."""
+    import hashlib
+    import threading
+    import time
+
+    monkeypatch.setenv("EPSVAE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("EPSVAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "FMNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    files = {f"f{i}.gz": f"content {i}".encode() for i in range(2)}
+    monkeypatch.setattr(data, "FMNIST_FILES", {n: hashlib.md5(b).hexdigest() for n, b in files.items()})
+    fetched = []
+
+    def slow(url, dst):
+        fetched.append(url)
+        time.sleep(0.3)  # the other caller arrives during the download
+        dst.write_bytes(files[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(data, "_download", slow)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(data.find_fashion_mnist(download=True))) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    target = tmp_path / "cache" / "fashion-mnist"
+    assert got == [target, target] and len(fetched) == len(files)
+    assert "waiting for another process to finish downloading" in capsys.readouterr().out
+    assert {n: (target / n).read_bytes() for n in files} == files
+
+
 def test_image_folder_skips_and_names_corrupt_files(tmp_path):
     root = write_image_folder(tmp_path / "imgs", n=4, corrupt=1)
     ds = ImageFolder(root, resolution=16)

@@ -8,6 +8,7 @@ training run that resumes at step k sees exactly the images it would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -34,6 +35,30 @@ FMNIST_FILES = {  # official gzip files and their MD5 (as torchvision checks the
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EPSVAE_CACHE", Path.home() / ".cache" / "epsvae"))
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path, waiting_for: str):
+    """An exclusive lock on the cache entry `path` (a file beside it, `fcntl.flock`), held while
+    it is filled, so processes that start together fill it once; waits, saying so, while
+    another process holds it. Without `fcntl` (Windows) there is no lock: the fills stay sound
+    by writing aside and moving into place."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[epsvae] waiting for another process {waiting_for}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -69,15 +94,16 @@ def find_fashion_mnist(download: bool = True) -> Path:
         target = cache_dir() / "fashion-mnist"
         try:
             target.mkdir(parents=True, exist_ok=True)
-            for name, md5 in FMNIST_FILES.items():
-                if (target / name).is_file() and _md5(target / name) == md5:
-                    continue
-                tmp = target / (name + ".part")
-                _download(FMNIST_URL + name, tmp)
-                if _md5(tmp) != md5:
-                    tmp.unlink()
-                    raise DataError(f"checksum mismatch for downloaded {name}")
-                tmp.replace(target / name)
+            with cache_lock(target, "to finish downloading Fashion-MNIST"):  # one download, not one per process
+                for name, md5 in FMNIST_FILES.items():
+                    if (target / name).is_file() and _md5(target / name) == md5:
+                        continue
+                    tmp = target / (name + ".part")
+                    _download(FMNIST_URL + name, tmp)
+                    if _md5(tmp) != md5:
+                        tmp.unlink()
+                        raise DataError(f"checksum mismatch for downloaded {name}")
+                    tmp.replace(target / name)
             return target
         except (OSError, urllib.error.URLError) as exc:
             reason = f"download failed ({exc})"

@@ -24,7 +24,6 @@ machine measures with the same weights; other data trains its own once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError, StepBatches, cache_dir, load_batch, open_dataset
+from .data import DataError, StepBatches, cache_dir, cache_lock, load_batch, open_dataset
 from .nn.layers import norm
 
 OBJECTIVES = ("classes", "rotation", "contrastive")
@@ -355,7 +354,7 @@ def auto_network(role: str, data_spec: str, resolution: int | None = None, chann
     # Several processes may start on the same data at once (two training seeds, a benchmark's
     # parallel arms): one trains the network, the others wait for it; it is trained into a
     # private directory and moved into place whole, so no process ever reads a half-written one.
-    with _cache_lock(path):
+    with cache_lock(path, f"to finish training {path.name}"):
         if not (path / "config.json").is_file():
             objective, widths, seed, epochs, batch = ROLES[role]
             print(f"[features] training the {role} network ({objective}) for {data_spec} once, cached at {path}")
@@ -367,26 +366,3 @@ def auto_network(role: str, data_spec: str, resolution: int | None = None, chann
             shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover of an older epsvae (no config.json)
             os.replace(tmp, path)
     return path
-
-
-@contextlib.contextmanager
-def _cache_lock(path: Path):
-    """An exclusive lock on the cache entry `path` (a file beside it, `fcntl.flock`), held while
-    it is filled; waits, saying so, while another process holds it. Without `fcntl` (Windows)
-    there is no lock: two processes may both train, and the whole-directory move keeps it sound."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[features] waiting for another process to finish training {path.name}", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
