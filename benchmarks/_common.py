@@ -67,7 +67,7 @@ LATER_KEYS = (
     "model.discriminator.group_channels", "model.discriminator.head", "model.discriminator.mbstd_group",
     "model.flow.t_uniform_mix", "model.flow.t_grid_mix", "model.decoder.arch", "model.decoder.dit_hidden",
     "model.decoder.dit_depth", "model.decoder.dit_heads", "model.decoder.dit_patch", "model.decoder.dit_mlp_ratio",
-    "model.flow.prediction", "model.flow.t_min",
+    "model.flow.prediction", "model.flow.t_min", "model.decoder.padding_mode",
 )  # fmt: skip
 
 

@@ -595,6 +595,72 @@ def test_speckle_figure_refuses_models_of_other_sizes(fmnist, tmp_path):
     assert proc.stderr.startswith("c: ") and "not an epsvae model directory" in proc.stderr
 
 
+def test_border_profile_and_script(fmnist, tmp_path):
+    """The error profile reads back a known border error (ring by ring, per side, the ratio and the
+    clamped share); the script measures an ε-VAE with reflect padding and a VAE on photos; a margin
+    that leaves no interior or a missing model is one line, not a traceback."""
+    import torch
+
+    from epsvae import BaselineVAE, EpsilonVAE
+    from epsvae.config import apply_overrides
+    from epsvae.presets import model_config
+
+    from helpers import write_photo_folder
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from border import border_profile, edge_distance, mean_profiles
+
+    assert edge_distance(5, 6).tolist()[2] == [0, 1, 2, 2, 1, 0] and edge_distance(5, 6)[:, 0].sum() == 0
+    x = torch.zeros(2, 3, 12, 12)
+    y = x + 0.1
+    y[..., -1, :] = y[..., :, 0] = y[..., :, -1] = 0.2  # the outer ring errs 2x the inside,
+    y[..., 0, :] = 0.4  # its top row 4x
+    y[..., 1, 1:-1] = 0.3  # and one ring in, its top row only: 0.3 on 10 of ring 1's 36 pixels
+    y[..., 5, 5] = 1.5  # one decoded value clamped at 1: saturated inside, its error counted as 1
+    p = border_profile(y, x, 2)
+    ring0 = (12 * 0.4 + 32 * 0.2) / 44
+    assert p["ring"][0] == pytest.approx(ring0) and p["ring"][1] == pytest.approx((10 * 0.3 + 26 * 0.1) / 36)
+    assert p["interior"] == pytest.approx((63 * 0.1 + 1) / 64)
+    assert p["edge_ratio"] == pytest.approx(ring0 / p["interior"])
+    assert p["sides"]["top"] == pytest.approx(0.4) and p["sides"]["left"] == pytest.approx((0.4 + 0.2 * 11) / 12)
+    assert p["saturated_edge"] == 0 and p["saturated_interior"] == pytest.approx(1 / 64)
+    assert p["original_saturated"] == 0
+    twice = mean_profiles([p, border_profile(x + 0.1, x, 2)])
+    assert twice["ring"][0] == pytest.approx((ring0 + 0.1) / 2) and twice["sides"]["top"] == pytest.approx(0.25)
+    assert twice["edge_ratio"] == pytest.approx(twice["ring"][0] / twice["interior"])
+    with pytest.raises(ValueError, match="leave an interior in 12x12"):
+        border_profile(y, x, 6)
+
+    folder = write_photo_folder(tmp_path / "photos", n=12)
+    small = ["encoder.channels=4", "decoder.channels=4", "decoder.head_channels=4", "image_channels=3",
+             "discriminator.head=pool", "image_size=16"]  # fmt: skip
+    EpsilonVAE(apply_overrides(model_config("eps-fmnist"), [*small, "decoder.padding_mode=reflect"])).save_pretrained(
+        tmp_path / "eps"
+    )
+    BaselineVAE(apply_overrides(model_config("vae-fmnist"), small)).save_pretrained(tmp_path / "vae")
+    script = [sys.executable, str(ROOT / "benchmarks" / "border.py"), "--data", f"folder:{folder}?holdout=0.5",
+              "--out", str(tmp_path / "b")]  # fmt: skip
+    proc = subprocess.run(
+        [*script, "--models", f"eps={tmp_path / 'eps'},vae={tmp_path / 'vae'}", "--decode-steps", "1,2",
+         "--seeds", "0,1", "--limit", "6", "--margin", "3"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "b" / "border.json").read_text())["rows"]
+    assert [(r["model"], r["steps"], r["padding_mode"]) for r in rows] == [
+        ("eps", 1, "reflect"), ("eps", 2, "reflect"), ("vae", None, "zeros")
+    ]  # fmt: skip
+    assert all(len(r["ring"]) == 3 and r["interior"] > 0 and r["n_images"] == 6 for r in rows)
+    assert rows[0]["seeds"] == [0, 1] and rows[2]["seeds"] is None
+    for args, message in (
+        (["--models", f"eps={tmp_path / 'eps'}", "--margin", "8"], "leave an interior in 16x16"),
+        (["--models", f"c={tmp_path / 'none'}"], "c: "),
+    ):
+        proc = subprocess.run([*script, *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert message in proc.stderr
+
+
 def test_recipe_quick(fmnist, tmp_path):
     """Variants over training seeds: one run per seed (the seed is part of the run's key), every grid
     evaluated, summaries with the mean and half-range over seeds."""

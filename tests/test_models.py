@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from epsvae import BaselineVAE, ConfigError, EpsilonVAE, load_pretrained
+from epsvae.config import DecoderConfig
 from epsvae.models import build_discriminator
 from epsvae.nn.layers import AttentionBlock, ResBlock
 
@@ -353,3 +354,60 @@ def test_discriminator_blur_runs_in_fp32_under_cpu_autocast():
         logits = d(pair, t)
     assert logits.dtype == torch.bfloat16  # the head's linear layer runs under the autocast
     torch.testing.assert_close(logits.float(), d(pair, t), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("cls,kind", [(EpsilonVAE, "epsilon"), (BaselineVAE, "vae")])
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_decoder_padding_mode(tmp_path, cls, kind, mode):
+    """`decoder.padding_mode` pads every padded conv of the decoder (not the encoder's) that way: the
+    same weights give the same image inside and another at the border; gradients reach every weight;
+    the mode survives save/load; zero-padded weights load into it (the state dict is the same)."""
+    zeros = cls(tiny_config(kind)).eval()
+    for p in zeros.parameters():  # non-trivial weights everywhere, zero-init convs included
+        torch.nn.init.normal_(p, std=0.2)
+    cfg = tiny_config(kind)
+    cfg.decoder.padding_mode = mode
+    model = cls(cfg).eval()
+    model.load_state_dict(zeros.state_dict())
+    padded = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)]
+    assert padded and all(m.padding_mode == mode for m in padded)
+    assert all(m.padding_mode == "zeros" for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+
+    z = torch.randn(2, 2, 8, 8)
+    decode = (lambda m: m.decode(z, steps=1, generator=torch.Generator().manual_seed(3))) if kind == "epsilon" else (
+        lambda m: m.decode(z))  # fmt: skip
+    with torch.no_grad():
+        a, b = decode(zeros), decode(model)
+    assert a.shape == b.shape == (2, 1, 16, 16)
+    diff = (a - b).abs()
+    ring = torch.cat([diff[..., 0, :], diff[..., -1, :], diff[..., 1:-1, 0], diff[..., 1:-1, -1]], dim=-1)
+    assert ring.mean() > 1e-3 and ring.mean() > 2 * diff[..., 6:10, 6:10].mean()
+
+    model.train()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    zx = model.encode(x)
+    out = model.velocity(torch.randn_like(x), torch.full((2,), 0.5), zx) if kind == "epsilon" else model.decode(zx)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m").eval()
+    assert loaded.config.decoder.padding_mode == mode
+    with torch.no_grad():
+        assert torch.equal(decode(loaded), decode(model.eval()))
+
+
+def test_decoder_padding_mode_is_checked():
+    with pytest.raises(ConfigError, match="padding_mode must be one of zeros, reflect, replicate, got 'circular'"):
+        DecoderConfig(padding_mode="circular")
+    with pytest.raises(ConfigError, match="applies to the U-Net"):
+        DecoderConfig(arch="dit", dit_hidden=16, dit_patch=2, padding_mode="reflect")
+    cfg = tiny_config()
+    cfg.decoder.padding_mode = "reflect"
+    model = EpsilonVAE(cfg)  # f2 encoder, a 2-level U-Net: its smallest map is half the image
+    with pytest.raises(ValueError, match="reflection, which needs latents of at least 2x2 .* got 1x3"):
+        model.decode(torch.randn(1, 2, 1, 3), steps=1)
+    cfg = tiny_config("vae")
+    cfg.decoder.padding_mode = "reflect"
+    with pytest.raises(ValueError, match="at least 2x2 .* got 4x1"):
+        BaselineVAE(cfg).decode(torch.randn(1, 2, 4, 1))

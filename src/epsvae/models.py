@@ -8,6 +8,7 @@ of the encoder's downsample factor.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -104,6 +105,14 @@ class Autoencoder(nn.Module):
         if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != c:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"expected latents of shape (N, {c}, h, w), got {shape}")
+        if self.config.decoder.padding_mode == "reflect":  # F.pad's reflect needs 2+ px at every level
+            per_latent = self.downsample / self.decoder.downsample if self.kind == "epsilon" else 1
+            if min(z.shape[-2:]) * per_latent < 2:
+                need = math.ceil(2 / per_latent)
+                raise ValueError(
+                    f"this decoder pads by reflection, which needs latents of at least {need}x{need} "
+                    f"(its smallest feature map 2x2), got {z.shape[-2]}x{z.shape[-1]}"
+                )
 
     def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (N, C, H, W) -> (mean, logvar), each (N, Cz, H/f, W/f); logvar is None without a Gaussian posterior."""

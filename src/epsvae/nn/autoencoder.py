@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig, EncoderConfig
-from .layers import AttentionBlock, ResBlock, norm
+from .layers import AttentionBlock, ResBlock, norm, set_padding_mode
 
 
 class Encoder(nn.Module):
@@ -72,7 +72,7 @@ class VAEDecoder(nn.Module):
             if level > 0:
                 layers.append(PixelShuffleUp(cout))
         layers += [norm(cout), nn.SiLU(), nn.Conv2d(cout, image_channels, 3, padding=1)]
-        self.layers = nn.Sequential(*layers)
+        self.layers = set_padding_mode(nn.Sequential(*layers), cfg.padding_mode)
         self.downsample = 2 ** (len(cfg.channel_mult) - 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,15 @@ def zero_(module: nn.Module) -> nn.Module:
     return module
 
 
+def set_padding_mode(module: nn.Module, mode: str) -> nn.Module:
+    """Make every padded conv in `module` pad with `mode` ('zeros', 'reflect', 'replicate');
+    nn.Conv2d then pads with F.pad before an unpadded conv. Returns `module`."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and any(m.padding):
+            m.padding_mode = mode
+    return module
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of flow time t in [0, 1], shape (N,) -> (N, dim).
 

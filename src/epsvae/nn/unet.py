@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import DecoderConfig
-from .layers import AttentionBlock, ResBlock, norm, timestep_embedding, zero_
+from .layers import AttentionBlock, ResBlock, norm, set_padding_mode, timestep_embedding, zero_
 
 
 class UNet(nn.Module):
@@ -64,6 +64,7 @@ class UNet(nn.Module):
         self.out_norm = norm(cout)
         self.out_conv = zero_(nn.Conv2d(cout, out_channels, 3, padding=1))
         self.downsample = 2 ** (levels - 1)
+        set_padding_mode(self, cfg.padding_mode)
 
     @property
     def output_layer(self) -> nn.Module:
