@@ -77,6 +77,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
     # decoder's, or would the VAE it is compared with take it as well? (vae-fmnist took it on
     # 2026-12-07: the same runs as vae-fmnist at its defaults)
     "vae-disc-stylegan": ("vae-fmnist", STYLEGAN_DISC),
+    # the weighting of the adversarial term on the preset as it is now (the StyleGAN head),
+    # judged against "preset" (= "preset-disc-stylegan", the same runs): VQGAN's adaptive
+    # weight, a ramp-in instead of the hard switch, StyleGAN2-ADA's R1 weight, the patch head
+    "preset-adv-adaptive": ("eps-fmnist", ["train.loss.adv_weighting=adaptive"]),
+    "preset-adv-ramp": ("eps-fmnist", ["train.loss.adv_ramp=500"]),
+    "preset-r1-ada": ("eps-fmnist", ["train.loss.r1_heuristic=true"]),
+    "preset-disc-patch": ("eps-fmnist", ["model.discriminator.head=patch"]),
 }
 METRICS = ("psnr", "ssim", "fd_indep", "fd_indep2", "fd_domain")
 
