@@ -138,6 +138,8 @@ def test_adaptive_adversarial_weight_is_vqgans_gradient_norm_ratio(kind):
     lam = g_other / (g_adv + 1e-4)
     torch.testing.assert_close(terms["adv_lambda"], lam)
     torch.testing.assert_close(loss, other + lc.adv_weight * 0.5 * lam * terms["adv"])
+    torch.testing.assert_close(terms["adv_weighted"], (lc.adv_weight * 0.5 * lam * terms["adv"]).detach())
+    assert not terms["adv_weighted"].requires_grad  # a log entry, not part of any graph
     # lambda is a constant: the loss's gradient is that of other + const * adv
     model.zero_grad()
     loss.backward(retain_graph=True)

@@ -103,7 +103,9 @@ def autoencoder_loss(
     randomness comes from `draws` (`Autoencoder.draw`, sliced) or else `generator`.
     `adv_scale` multiplies the adversarial weight (the ramp-in, see `adv_ramp`); with
     `lc.adv_weighting == 'adaptive'` it is further scaled by `adaptive_weight`, recorded
-    as the term `adv_lambda` (not part of the loss). `target(out)` (distillation) gives, without
+    as the term `adv_lambda` (not part of the loss). The adversarial part of the loss as weighted
+    (adv_weight * scale * adv) is recorded as `adv_weighted`, so a log reader can subtract it from
+    `loss` (with the adaptive weight it can dominate `loss`). `target(out)` (distillation) gives, without
     a graph, the images the one-step estimate should match: the term `distill`, an MSE.
     """
     raw = getattr(model, "module", model)
@@ -146,6 +148,7 @@ def autoencoder_loss(
             lam = adaptive_weight(loss, terms["adv"], raw.last_layer) if torch.is_grad_enabled() else 1.0
             adv_w = adv_w * lam
             terms["adv_lambda"] = torch.as_tensor(lam, dtype=torch.float32)
+        terms["adv_weighted"] = (adv_w * terms["adv"]).detach()
         loss = loss + adv_w * terms["adv"]
     if "kl" in terms:
         loss = loss + lc.kl_weight * terms["kl"]
