@@ -881,3 +881,43 @@ def test_interrupted_arm_exits_with_the_signal_code_not_a_traceback(tmp_path, mo
         _common.train_arm(tmp_path, "eps-fmnist", [], 10, quick=True)
     assert exc.value.code == 128 + signal.SIGTERM
     assert "SIGTERM at step 7" in capsys.readouterr().err
+
+
+def test_x0_by_t_separates_the_oracle_from_the_decode_path(fmnist, tmp_path):
+    """Oracle and path estimates agree at t = 1 (both from pure noise); each grid's path ends at its last
+    non-zero point, whose estimate is the decode (the script checks it against model.decode); a VAE is
+    refused with one line naming it."""
+    from epsvae import BaselineVAE
+    from epsvae.cli import main
+    from epsvae.config import apply_overrides
+    from epsvae.presets import model_config
+
+    from helpers import TINY
+
+    train = ["train", "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(tmp_path / "eps")]
+    assert main([*train, *TINY, "--steps", "2"]) == 0
+    script = [sys.executable, str(ROOT / "benchmarks" / "x0_by_t.py"), "--limit", "8", "--batch", "4"]
+    proc = subprocess.run(
+        [*script, "--models", f"eps={tmp_path / 'eps'}", "--ts", "1,0.5", "--seeds", "0,1",
+         "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "x" / "x0_by_t.json").read_text())
+    rows = {(r["kind"], r["grid"], r["t"]): r for r in result["rows"]}
+    assert set(rows) == {
+        ("oracle", "-", 1.0), ("oracle", "-", 0.5),
+        ("path", "reversed-log", 1.0), ("path", "reversed-log", 0.913), ("path", "reversed-log", 0.7657),
+        ("path", "uniform", 1.0), ("path", "uniform", 0.6667), ("path", "uniform", 0.3333),
+    }  # fmt: skip
+    for grid in ("reversed-log", "uniform"):
+        for key in ("psnr", "ssim", "fd_indep", "fd_indep2"):
+            assert rows[("path", grid, 1.0)][key] == pytest.approx(rows[("oracle", "-", 1.0)][key], rel=1e-5)
+    assert all(len(r["per_seed"]) == 2 and r["n_images"] == 8 and r["fd_indep2"] >= 0 for r in rows.values())
+    assert result["decode_check_max_abs"]["eps"] < 1e-3
+    BaselineVAE(
+        apply_overrides(model_config("vae-fmnist"), ["encoder.channels=4", "decoder.channels=4"])
+    ).save_pretrained(tmp_path / "vae")
+    proc = subprocess.run([*script, "--models", f"v={tmp_path / 'vae'}", "--out", str(tmp_path / "y")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and "v: " in proc.stderr and "ε-VAE" in proc.stderr and "Traceback" not in proc.stderr
