@@ -41,7 +41,10 @@ def test_every_loss_term_trains_the_autoencoder_and_nothing_frozen(kind):
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     _, terms, _ = autoencoder_loss(model, x, lc, perceptual, disc, adv_on=True)
     expected = {"velocity", "x0_l1", "perceptual", "adv"} if kind == "epsilon" else {"recon", "perceptual", "adv"}
-    assert set(terms) == expected
+    assert set(terms) == expected | {"adv_weighted"}  # the adversarial part as weighted: a log entry
+    adv_weighted = terms.pop("adv_weighted")
+    assert not adv_weighted.requires_grad
+    torch.testing.assert_close(adv_weighted, lc.adv_weight * terms["adv"].detach())
     for name, term in terms.items():
         model.zero_grad()
         disc.zero_grad()
