@@ -18,7 +18,10 @@ true noised image. This benchmark separates the two:
   against `model.decode` with the same noise).
 
 Each row: PSNR and SSIM of the clamped estimate against the original, fd_indep and
-fd_indep2 (the independent networks, which no loss used), averaged over the noise seeds.
+fd_indep2 (the independent networks, which no loss used), `hf_ratio` (the estimates'
+spectral energy above 0.25 cycles per pixel over the originals': below 1 is blur, above 1
+excess detail or noise) and `hf_error` (the same energy of estimate - original, over the
+originals'), averaged over the noise seeds.
 If a decode's distance is far above the oracle's at its last grid point, the path's state
 there is off the training distribution; if they agree, the grid's last point decides the
 result. Writes OUT/x0_by_t.json and prints a table.
@@ -73,6 +76,14 @@ def path_x0(model, z: torch.Tensor, ts: torch.Tensor, noise: torch.Tensor) -> li
     return out
 
 
+def hf_energy(x: torch.Tensor, cutoff: float = 0.25) -> float:
+    """Spectral energy of images (N, C, H, W) above `cutoff` cycles per pixel (Nyquist: 0.5)."""
+    fy = torch.fft.fftfreq(x.shape[-2]).reshape(-1, 1)
+    fx = torch.fft.fftfreq(x.shape[-1]).reshape(1, -1)
+    high = (fy**2 + fx**2).sqrt() > cutoff
+    return (torch.fft.fft2(x.double()).abs() ** 2 * high).sum().item()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", required=True, help="name=DIR pairs, comma-separated (ε-VAE models or runs)")
@@ -111,6 +122,7 @@ def main() -> None:
         t0 = time.perf_counter()
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), args.batch)))
         real = {k: FeatureStats.of_images(f, x_all, args.batch) for k, (_, f) in extract.items()}
+        hf_real = hf_energy(x_all)
         grids = {g: flow.make_grid(g, args.steps) for g in args.grids.split(",")}
         # estimates[(kind, grid, t)][seed] -> list of batches
         est: dict[tuple, dict[int, list[torch.Tensor]]] = {}
@@ -137,6 +149,8 @@ def main() -> None:
             for seed, batches in by_seed.items():
                 x0 = torch.cat(batches).clamp(-1, 1)
                 row = {"seed": seed, "psnr": psnr(x0, x_all).mean().item(), "ssim": ssim(x0, x_all).mean().item()}
+                row["hf_ratio"] = hf_energy(x0) / hf_real  # above 1: more fine detail or noise than the data
+                row["hf_error"] = hf_energy(x0 - x_all) / hf_real  # the error's fine-scale energy
                 for k, (metric, f) in extract.items():
                     row[metric] = fid_from_stats(real[k], FeatureStats.of_images(f, x0, args.batch))
                 per.append(row)

@@ -914,6 +914,15 @@ def test_x0_by_t_separates_the_oracle_from_the_decode_path(fmnist, tmp_path):
         for key in ("psnr", "ssim", "fd_indep", "fd_indep2"):
             assert rows[("path", grid, 1.0)][key] == pytest.approx(rows[("oracle", "-", 1.0)][key], rel=1e-5)
     assert all(len(r["per_seed"]) == 2 and r["n_images"] == 8 and r["fd_indep2"] >= 0 for r in rows.values())
+    assert all(r["hf_ratio"] > 0 and r["hf_error"] > 0 for r in rows.values())
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from x0_by_t import hf_energy
+
+    x = torch.randn(2, 1, 16, 16)  # white noise: about 1 - pi/16 of its energy lies above 0.25 cycles/pixel
+    assert hf_energy(x) / hf_energy(x, cutoff=0.0) == pytest.approx(1 - 3.14159 / 16, abs=0.08)
+    flat = torch.ones(2, 1, 16, 16)
+    assert hf_energy(flat) == pytest.approx(0.0, abs=1e-6)  # a constant has no fine-scale energy
     assert result["decode_check_max_abs"]["eps"] < 1e-3
     BaselineVAE(
         apply_overrides(model_config("vae-fmnist"), ["encoder.channels=4", "decoder.channels=4"])
