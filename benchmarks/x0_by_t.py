@@ -15,7 +15,7 @@ true noised image. This benchmark separates the two:
 - `path` rows: along each grid's Euler decode (--steps calls), x0_hat at each grid point
   from the state the decode reached there. The first point (t = 1) is pure noise, the same
   state as the oracle's t = 1, and the last point's x0_hat is the decode itself (checked
-  against `model.decode` with the same noise).
+  against `model.decode` with the same noise on each seed's first batch).
 
 Each row: PSNR and SSIM of the clamped estimate against the original, fd_indep and
 fd_indep2 (the independent networks, which no loss used), `hf_ratio` (the estimates'
@@ -96,10 +96,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--out", default="results/x0-by-t")
     args = ap.parse_args()
-    ts_oracle = [float(v) for v in args.ts.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if not ts_oracle or any(not 0 < t <= 1 for t in ts_oracle) or not seeds or args.steps < 1:
-        raise SystemExit("--ts wants times in (0, 1], --seeds at least one seed, --steps at least 1")
+    try:
+        ts_oracle = [float(v) for v in args.ts.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        grids = {g: flow.make_grid(g, args.steps) for g in args.grids.split(",")}
+    except ValueError as e:
+        raise SystemExit(f"--ts, --seeds, --grids or --steps: {e}") from None
+    if any(not 0 < t <= 1 for t in ts_oracle) or args.steps < 1:
+        raise SystemExit("--ts wants times in (0, 1] and --steps at least 1")
     result = new_result()
     result["args"] = vars(args)
     out = Path(args.out)
@@ -123,7 +127,6 @@ def main() -> None:
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), args.batch)))
         real = {k: FeatureStats.of_images(f, x_all, args.batch) for k, (_, f) in extract.items()}
         hf_real = hf_energy(x_all)
-        grids = {g: flow.make_grid(g, args.steps) for g in args.grids.split(",")}
         # estimates[(kind, grid, t)][seed] -> list of batches
         est: dict[tuple, dict[int, list[torch.Tensor]]] = {}
         max_gap = 0.0
