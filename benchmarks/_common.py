@@ -46,6 +46,11 @@ STYLEGAN_DISC = ["model.discriminator.head=stylegan", "model.discriminator.group
 PAPER_RECIPE = ["train.loss.perceptual_weight=0.5", *POOL_DISC]
 
 
+def model_dir(path: Path) -> Path:
+    """An exported model directory, or a run directory's `model/` when it holds one."""
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
 def new_result() -> dict:
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

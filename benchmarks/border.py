@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import new_result  # noqa: E402
+from _common import model_dir, new_result  # noqa: E402
 
 from epsvae.config import ConfigError  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
@@ -89,10 +89,6 @@ def mean_profiles(profiles: list[dict]) -> dict:
     out = avg(profiles)
     out["edge_ratio"] = out["ring"][0] / out["interior"] if out["interior"] > 0 else float("nan")
     return out
-
-
-def model_dir(path: Path) -> Path:
-    return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
 @torch.no_grad()

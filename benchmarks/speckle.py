@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import new_result  # noqa: E402
+from _common import model_dir, new_result  # noqa: E402
 
 from epsvae.checkpoint import load_checkpoint  # noqa: E402
 from epsvae.config import ConfigError  # noqa: E402
@@ -99,10 +99,6 @@ def parse_grid(text: str) -> str | torch.Tensor:
     if ":" in text:
         return torch.tensor([float(v) for v in text.split(":")])
     return text
-
-
-def model_dir(path: Path) -> Path:
-    return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
 def raw_weights(run: Path, model):

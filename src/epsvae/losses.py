@@ -148,8 +148,9 @@ def autoencoder_loss(
             lam = adaptive_weight(loss, terms["adv"], raw.last_layer) if torch.is_grad_enabled() else 1.0
             adv_w = adv_w * lam
             terms["adv_lambda"] = torch.as_tensor(lam, dtype=torch.float32)
-        terms["adv_weighted"] = (adv_w * terms["adv"]).detach()
-        loss = loss + adv_w * terms["adv"]
+        weighted = adv_w * terms["adv"]
+        terms["adv_weighted"] = weighted.detach()
+        loss = loss + weighted
     if "kl" in terms:
         loss = loss + lc.kl_weight * terms["kl"]
     return loss, terms, out
