@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +20,7 @@ from epsvae.engine import RunInterrupted  # noqa: E402
 from epsvae.evaluate import FD_NOTES, evaluate, feature_network_path  # noqa: E402
 from epsvae.models import WEIGHTS_NAME  # noqa: E402
 from epsvae.presets import run_config  # noqa: E402
-from epsvae.rundir import RunIOError, write_json  # noqa: E402
+from epsvae.rundir import RunIOError, cpu_description, write_json  # noqa: E402
 from epsvae.train import prepare_run, train  # noqa: E402
 
 # --quick: shrink every network and the budget to a smoke test that runs in seconds
@@ -51,11 +51,18 @@ def model_dir(path: Path) -> Path:
     return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
+def cpu_machine() -> str:
+    """'CPU (model; kernel flags; N cores)': trainings reproduce bitwise only on one CPU type
+    (docs/results.md, "Training reproduces per CPU type"), so reports name it."""
+    model, flags = cpu_description()
+    return f"CPU ({model}; {' '.join(flags) or 'no AVX2/AVX-512/AMX flags listed'}; {os.cpu_count()} cores)"
+
+
 def new_result() -> dict:
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": torch.cuda.get_device_name() if DEVICE == "cuda" else f"CPU ({platform.processor() or 'x86_64'})",
+        "machine": torch.cuda.get_device_name() if DEVICE == "cuda" else cpu_machine(),
         "torch": torch.__version__,
         "rows": [],
     }

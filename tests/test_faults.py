@@ -143,6 +143,17 @@ def test_resume_compares_the_checkpoints_own_config(fmnist, tmp_path, capsys):
     before = (run / "config.json").read_bytes()
     assert "is at step 3; --steps 2 is below it" in _one_line_error(*_cli(_train_args(run, "--steps", "2"), capsys))
     assert (run / "config.json").read_bytes() == before
+    # a resume on another kind of machine continues, with a note naming what changed
+    lines = (run / "sessions.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert [json.loads(line)["step"] for line in lines] == [0, 2]
+    lines[-1] = json.dumps({**last, "cpu": "Some Other CPU", "cpu_flags": ["avx2"]})
+    (run / "sessions.jsonl").write_text("\n".join(lines) + "\n{cut by a kill")
+    assert main(["train", "--out", str(run), "--steps", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumes at step 3 on another kind of machine (cpu 'Some Other CPU' -> {last['cpu']!r}" in out
+    assert "no longer bitwise as one uninterrupted run would" in out
+    assert json.loads((run / "sessions.jsonl").read_text().splitlines()[-1])["step"] == 3
 
 
 @pytest.mark.parametrize(

@@ -217,13 +217,20 @@ def test_patch_and_stylegan_heads_train_through_both_losses(fmnist, tmp_path):
     assert rows and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
-def test_resume_is_bitwise_identical(fmnist, tmp_path):
+def test_resume_is_bitwise_identical(fmnist, tmp_path, capsys):
     assert _train(tmp_path / "a", "--steps", "3") == 0
     assert _train(tmp_path / "a", "--steps", "6") == 0
     assert _train(tmp_path / "b", "--steps", "6") == 0
     a = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
     b = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
     assert a == b
+    # one sessions.jsonl line per session: where it trained, so a resume elsewhere is visible
+    sessions = [json.loads(line) for line in (tmp_path / "a" / "sessions.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in sessions] == [0, 3]
+    assert sessions[0]["cpu"] and sessions[0]["device"] == "cpu" and sessions[0]["gpu"] is None
+    assert sessions[0]["torch"] == torch.__version__ and sessions[0]["world_size"] == 1
+    assert sessions[0]["cpu_flags"] == sessions[1]["cpu_flags"]
+    assert "another kind of machine" not in capsys.readouterr().out  # same machine: no note
     stats = [json.loads(line) for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
     rows = [s for s in stats if "loss" in s]
     assert [s["step"] for s in rows] == [1, 2, 3, 4, 5, 6]

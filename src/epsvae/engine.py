@@ -30,12 +30,16 @@ import torch
 from .checkpoint import CHECKPOINT, atomic_save, check_same_run, load_checkpoint
 from .meter import Meter, budget_desc, peak_memory_mb
 from .rundir import (
+    SESSIONS,
     RunIOError,
     RunLock,
     append_text,
     check_run_dir,
     clean_leftovers,
     describe,
+    last_session,
+    machine_change,
+    session_record,
     truncate_rows,
     write_json,
 )
@@ -208,10 +212,27 @@ class Engine:
         Under a time budget the bar counts steps without a total (its ETA would be the
         preset's full length, not the budget's) and says when the budget ends."""
         self.start_step, self.t0 = self.step, time.time()
+        if self.main:
+            self._record_session()
         self._catch_signals()
         self.last_log, self.last_step = self.t0, self.step
         total = None if minutes is not None else self.tc.steps
         self.meter.open(self.step, total, budget_desc(minutes, self.t0), self.progress)
+
+    def _record_session(self) -> None:
+        """Append this session to RUN/sessions.jsonl; a resume on another kind of machine (CPU
+        model or kernel flags, GPU, PyTorch) says so: training continues, but it is bitwise
+        the uninterrupted run's only on the same kind of machine."""
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        now = session_record(self.step, self.device.type, gpu, self.world, torch.get_num_threads(), torch.__version__)
+        if self.step > 0 and (change := machine_change(last_session(self.run_dir), now)):
+            print(
+                f"[train] {self.run_dir} resumes at step {self.step} on another kind of machine ({change}): "
+                "it continues, but no longer bitwise as one uninterrupted run would (RUN/sessions.jsonl)"
+            )
+        path = self.run_dir / SESSIONS
+        cut = path.is_file() and not path.is_symlink() and not path.read_bytes().endswith(b"\n")  # a killed append
+        append_text(path, ("\n" if cut and path.stat().st_size else "") + json.dumps(now) + "\n")
 
     def stop_clock(self) -> None:
         """Call right after the loop: what follows (export, grids) is not training time."""

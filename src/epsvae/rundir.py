@@ -9,7 +9,11 @@ What a training run promises about its directory (README, "Guarantees"):
   unique temporary name beside it, fsynced, then renamed over the old one, so an
   interruption or a full disk leaves the previous version intact; leftovers from killed
   writers are removed at the next start;
-- an OS error is one line that says what failed and where (`RunIOError`).
+- an OS error is one line that says what failed and where (`RunIOError`);
+- `RUN/sessions.jsonl`: one line per training session (step, time, host, CPU model and the
+  instruction sets that pick its kernels, GPU, PyTorch, processes, threads), so a run resumed
+  on another kind of machine says so: a resume is bitwise identical only on the same kind of
+  machine and PyTorch build (docs/results.md, "Training reproduces per CPU type").
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import socket
 import time
 import uuid
@@ -28,7 +33,13 @@ LOCK = ".lock"
 TMP_SUFFIX = ".tmp"
 # what a training run writes directly under its directory (a planted link at any of these is refused)
 RUN_ENTRIES = ("config.json", "checkpoint.pt", "stats.jsonl", "final.json", "skipped_images.txt", "samples", "tb",
-               "model", LOCK)  # fmt: skip
+               "model", "sessions.jsonl", LOCK)  # fmt: skip
+SESSIONS = "sessions.jsonl"
+# CPU flags that change which kernels PyTorch's CPU backends pick (oneDNN, the vectorised ops):
+# two CPUs that differ in these round differently, so their trainings part after a few steps
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+# what must match for a resumed session to continue bitwise as an uninterrupted run would
+SAME_MACHINE_KEYS = ("cpu", "cpu_flags", "gpu", "torch")
 
 
 class RunDirError(ValueError):
@@ -136,6 +147,65 @@ def clean_leftovers(directory: Path) -> list[str]:
                 p.unlink(missing_ok=True)
                 removed.append(str(p.relative_to(directory)))
     return sorted(set(removed))
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """The CPU's model name and its KERNEL_FLAGS (Linux's /proc/cpuinfo; elsewhere what
+    `platform` knows, without flags)."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine() or "unknown", [f for f in KERNEL_FLAGS if f in flags]
+
+
+def session_record(step: int, device: str, gpu: str | None, world_size: int, threads: int, torch_version: str) -> dict:
+    """One line of RUN/sessions.jsonl: where and with what this session of a run trains."""
+    cpu, flags = cpu_description()
+    return {
+        "step": step,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "gpu": gpu,
+        "torch": torch_version,
+        "world_size": world_size,
+        "threads": threads,
+    }
+
+
+def last_session(run_dir: Path) -> dict | None:
+    """The last readable line of RUN/sessions.jsonl (None if there is none)."""
+    path = run_dir / SESSIONS
+    if not path.is_file() or path.is_symlink():
+        return None
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(row, dict):
+            return row
+    return None
+
+
+def machine_change(before: dict | None, now: dict) -> str | None:
+    """What differs between the session a run resumes after and this one, in the keys that
+    decide whether the resume is bitwise (None when nothing does, or nothing is known)."""
+    if before is None:
+        return None
+    diff = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in SAME_MACHINE_KEYS if before.get(k) != now.get(k)]
+    return "; ".join(diff) or None
 
 
 def truncate_rows(path: Path, step: int) -> int:
