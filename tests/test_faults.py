@@ -147,11 +147,12 @@ def test_resume_compares_the_checkpoints_own_config(fmnist, tmp_path, capsys):
     lines = (run / "sessions.jsonl").read_text().splitlines()
     last = json.loads(lines[-1])
     assert [json.loads(line)["step"] for line in lines] == [0, 2]
-    lines[-1] = json.dumps({**last, "cpu": "Some Other CPU", "cpu_flags": ["avx2"]})
+    lines[-1] = json.dumps({**last, "cpu": "Some Other CPU", "cpu_flags": ["avx2"], "threads": 99})
     (run / "sessions.jsonl").write_text("\n".join(lines) + "\n{cut by a kill")
     assert main(["train", "--out", str(run), "--steps", "4", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"resumes at step 3 on another kind of machine (cpu 'Some Other CPU' -> {last['cpu']!r}" in out
+    assert f"threads 99 -> {torch.get_num_threads()}" in out  # on a CPU the thread count changes the sums too
     assert "no longer bitwise as one uninterrupted run would" in out
     assert json.loads((run / "sessions.jsonl").read_text().splitlines()[-1])["step"] == 3
 

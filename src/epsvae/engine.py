@@ -221,8 +221,8 @@ class Engine:
 
     def _record_session(self) -> None:
         """Append this session to RUN/sessions.jsonl; a resume on another kind of machine (CPU
-        model or kernel flags, GPU, PyTorch) says so: training continues, but it is bitwise
-        the uninterrupted run's only on the same kind of machine."""
+        model or kernel flags, GPU, PyTorch; on a CPU also the thread count) says so: training
+        continues, but it is bitwise the uninterrupted run's only on the same kind of machine."""
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         now = session_record(self.step, self.device.type, gpu, self.world, torch.get_num_threads(), torch.__version__)
         if self.step > 0 and (change := machine_change(last_session(self.run_dir), now)):

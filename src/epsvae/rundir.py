@@ -12,8 +12,9 @@ What a training run promises about its directory (README, "Guarantees"):
 - an OS error is one line that says what failed and where (`RunIOError`);
 - `RUN/sessions.jsonl`: one line per training session (step, time, host, CPU model and the
   instruction sets that pick its kernels, GPU, PyTorch, processes, threads), so a run resumed
-  on another kind of machine says so: a resume is bitwise identical only on the same kind of
-  machine and PyTorch build (docs/results.md, "Training reproduces per CPU type").
+  on another kind of machine (or, on a CPU, with another thread count) says so: a resume is
+  bitwise identical only on the same kind of machine, PyTorch build and, on a CPU, number of
+  threads (docs/results.md, "Training reproduces per CPU type").
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ SESSIONS = "sessions.jsonl"
 # two CPUs that differ in these round differently, so their trainings part after a few steps
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 # what must match for a resumed session to continue bitwise as an uninterrupted run would
+# (on a CPU the thread count too: 3 steps of eps-fmnist on 1 and on 2 threads differ in their weights)
 SAME_MACHINE_KEYS = ("cpu", "cpu_flags", "gpu", "torch")
+SAME_CPU_KEYS = ("threads",)
 
 
 class RunDirError(ValueError):
@@ -204,7 +207,8 @@ def machine_change(before: dict | None, now: dict) -> str | None:
     decide whether the resume is bitwise (None when nothing does, or nothing is known)."""
     if before is None:
         return None
-    diff = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in SAME_MACHINE_KEYS if before.get(k) != now.get(k)]
+    keys = SAME_MACHINE_KEYS + (SAME_CPU_KEYS if now.get("device") == "cpu" else ())
+    diff = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
     return "; ".join(diff) or None
 
 
