@@ -30,14 +30,13 @@ import torch
 from .checkpoint import CHECKPOINT, atomic_save, check_same_run, load_checkpoint
 from .meter import Meter, budget_desc, peak_memory_mb
 from .rundir import (
-    SESSIONS,
     RunIOError,
     RunLock,
+    append_session,
     append_text,
     check_run_dir,
     clean_leftovers,
     describe,
-    last_session,
     machine_change,
     session_record,
     truncate_rows,
@@ -225,14 +224,12 @@ class Engine:
         continues, but it is bitwise the uninterrupted run's only on the same kind of machine."""
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         now = session_record(self.step, self.device.type, gpu, self.world, torch.get_num_threads(), torch.__version__)
-        if self.step > 0 and (change := machine_change(last_session(self.run_dir), now)):
+        before = append_session(self.run_dir, now)
+        if self.step > 0 and (change := machine_change(before, now)):
             print(
                 f"[train] {self.run_dir} resumes at step {self.step} on another kind of machine ({change}): "
                 "it continues, but no longer bitwise as one uninterrupted run would (RUN/sessions.jsonl)"
             )
-        path = self.run_dir / SESSIONS
-        cut = path.is_file() and not path.is_symlink() and not path.read_bytes().endswith(b"\n")  # a killed append
-        append_text(path, ("\n" if cut and path.stat().st_size else "") + json.dumps(now) + "\n")
 
     def stop_clock(self) -> None:
         """Call right after the loop: what follows (export, grids) is not training time."""

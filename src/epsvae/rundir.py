@@ -33,9 +33,9 @@ from typing import IO, Any
 LOCK = ".lock"
 TMP_SUFFIX = ".tmp"
 # what a training run writes directly under its directory (a planted link at any of these is refused)
-RUN_ENTRIES = ("config.json", "checkpoint.pt", "stats.jsonl", "final.json", "skipped_images.txt", "samples", "tb",
-               "model", "sessions.jsonl", LOCK)  # fmt: skip
 SESSIONS = "sessions.jsonl"
+RUN_ENTRIES = ("config.json", "checkpoint.pt", "stats.jsonl", "final.json", "skipped_images.txt", "samples", "tb",
+               "model", SESSIONS, LOCK)  # fmt: skip
 # CPU flags that change which kernels PyTorch's CPU backends pick (oneDNN, the vectorised ops):
 # two CPUs that differ in these round differently, so their trainings part after a few steps
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -187,19 +187,22 @@ def session_record(step: int, device: str, gpu: str | None, world_size: int, thr
     }
 
 
-def last_session(run_dir: Path) -> dict | None:
-    """The last readable line of RUN/sessions.jsonl (None if there is none)."""
+def append_session(run_dir: Path, row: dict) -> dict | None:
+    """Append `row` to RUN/sessions.jsonl and return the last readable line before it (None if
+    there is none). A line cut by a kill is skipped, and the new line starts on a line of its own."""
     path = run_dir / SESSIONS
-    if not path.is_file() or path.is_symlink():
-        return None
-    for line in reversed(path.read_text(errors="replace").splitlines()):
+    text = path.read_text(errors="replace") if path.is_file() and not path.is_symlink() else ""
+    before = None
+    for line in reversed(text.splitlines()):
         try:
-            row = json.loads(line)
+            earlier = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill
             continue
-        if isinstance(row, dict):
-            return row
-    return None
+        if isinstance(earlier, dict):
+            before = earlier
+            break
+    append_text(path, ("\n" if text and not text.endswith("\n") else "") + json.dumps(row) + "\n")
+    return before
 
 
 def machine_change(before: dict | None, now: dict) -> str | None:
