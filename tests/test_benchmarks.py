@@ -812,6 +812,11 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "eps-fmnist", [], None).name == run_dir(runs, "eps-fmnist", stylegan, None).name
     assert run_dir(runs, "eps-fmnist", [], None).name == "eps-fmnist-8ab99927e5"
     assert run_dir(runs, "eps-fmnist", ["train.seed=1"], None).name == "eps-fmnist-f956990db8"
+    # the shifted training t on it (`preset-t-shift`, 2026-12-08): the runs its docs rows name
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=0.8"], None).name == "eps-fmnist-df6df9922f"
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=0.8", "train.seed=1"], None).name == (
+        "eps-fmnist-8cab46c90d"
+    )
 
 
 def test_eval_key_ignores_presets_but_not_other_source(tmp_path, monkeypatch):
