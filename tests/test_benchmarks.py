@@ -817,6 +817,11 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=0.8", "train.seed=1"], None).name == (
         "eps-fmnist-8cab46c90d"
     )
+    # half that shift (`preset-t-shift-04`, 2026-12-08)
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=0.4"], None).name == "eps-fmnist-5ffd30a2eb"
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=0.4", "train.seed=1"], None).name == (
+        "eps-fmnist-aaa041f981"
+    )
 
 
 def test_eval_key_ignores_presets_but_not_other_source(tmp_path, monkeypatch):
