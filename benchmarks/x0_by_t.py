@@ -44,6 +44,7 @@ from _common import model_dir, new_result  # noqa: E402
 from epsvae import flow  # noqa: E402
 from epsvae.config import ConfigError  # noqa: E402
 from epsvae.data import iter_batches, open_dataset  # noqa: E402
+from epsvae.decoding import resolve_grid  # noqa: E402
 from epsvae.evaluate import feature_extractor  # noqa: E402
 from epsvae.folders import DataError  # noqa: E402
 from epsvae.metrics import FeatureStats, fid_from_stats, psnr, ssim  # noqa: E402
@@ -95,7 +96,9 @@ def main() -> None:
     try:
         ts_oracle = [float(v) for v in args.ts.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
-        grids = {g: flow.make_grid(g, args.steps) for g in args.grids.split(",")}
+        names = args.grids.split(",")
+        for g in names:  # checked here; each model's grids come from its flow config ('matched' moves with t_mean)
+            flow.make_grid(g, args.steps)
     except ValueError as e:
         raise SystemExit(f"--ts, --seeds, --grids or --steps: {e}") from None
     if any(not 0 < t <= 1 for t in ts_oracle):  # (make_grid refuses steps < 1 above)
@@ -119,6 +122,7 @@ def main() -> None:
             }
         except (ConfigError, DataError, FileNotFoundError) as e:
             raise SystemExit(f"{name}: {e}") from None
+        grids = {g: resolve_grid(cfg.flow, args.steps, g) for g in names}
         t0 = time.perf_counter()
         x_all = torch.cat(list(iter_batches(ds, min(len(ds), args.limit), args.batch)))
         real = {k: FeatureStats.of_images(f, x_all, args.batch) for k, (_, f) in extract.items()}

@@ -895,8 +895,8 @@ def test_interrupted_arm_exits_with_the_signal_code_not_a_traceback(tmp_path, mo
 
 def test_x0_by_t_separates_the_oracle_from_the_decode_path(fmnist, tmp_path):
     """Oracle and path estimates agree at t = 1 (both from pure noise); each grid's path ends at its last
-    non-zero point, whose estimate is the decode (the script checks it against model.decode); a VAE is
-    refused with one line naming it."""
+    non-zero point, whose estimate is the decode (the script checks it against model.decode); the
+    matched grid follows the model's training shift; a VAE is refused with one line naming it."""
     from epsvae import BaselineVAE
     from epsvae.cli import main
     from epsvae.config import apply_overrides
@@ -905,11 +905,11 @@ def test_x0_by_t_separates_the_oracle_from_the_decode_path(fmnist, tmp_path):
     from helpers import TINY
 
     train = ["train", "--preset", "eps-fmnist", "--data", "fashion-mnist", "--out", str(tmp_path / "eps")]
-    assert main([*train, *TINY, "--steps", "2"]) == 0
+    assert main([*train, *TINY, "--set", "model.flow.t_mean=0.8", "--steps", "2"]) == 0
     script = [sys.executable, str(ROOT / "benchmarks" / "x0_by_t.py"), "--limit", "8", "--batch", "4"]
     proc = subprocess.run(
         [*script, "--models", f"eps={tmp_path / 'eps'}", "--ts", "1,0.5", "--seeds", "0,1",
-         "--out", str(tmp_path / "x")],
+         "--grids", "reversed-log,uniform,matched", "--out", str(tmp_path / "x")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -919,8 +919,9 @@ def test_x0_by_t_separates_the_oracle_from_the_decode_path(fmnist, tmp_path):
         ("oracle", "-", 1.0), ("oracle", "-", 0.5),
         ("path", "reversed-log", 1.0), ("path", "reversed-log", 0.913), ("path", "reversed-log", 0.7657),
         ("path", "uniform", 1.0), ("path", "uniform", 0.6667), ("path", "uniform", 0.3333),
+        ("path", "matched", 1.0), ("path", "matched", 0.8166), ("path", "matched", 0.5267),
     }  # fmt: skip
-    for grid in ("reversed-log", "uniform"):
+    for grid in ("reversed-log", "uniform", "matched"):
         for key in ("psnr", "ssim", "fd_indep", "fd_indep2"):
             assert rows[("path", grid, 1.0)][key] == pytest.approx(rows[("oracle", "-", 1.0)][key], rel=1e-5)
     assert all(len(r["per_seed"]) == 2 and r["n_images"] == 8 and r["fd_indep2"] >= 0 for r in rows.values())

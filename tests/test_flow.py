@@ -27,6 +27,30 @@ def test_uniform_grid():
         flow.make_grid("cosine", 3)
 
 
+def test_matched_grid_is_the_uniform_grid_moved_by_the_logit_shift():
+    assert torch.equal(flow.grid_matched(4, 0.0), flow.grid_uniform(4))
+    assert [round(v, 4) for v in flow.grid_matched(3, 0.8).tolist()] == [1.0, 0.8166, 0.5267, 0.0]
+    for t_mean in (-1.0, 0.4, 1.2):
+        ts = flow.grid_matched(5, t_mean)
+        assert ts[0].item() == 1.0 and ts[-1].item() == 0.0 and (ts[1:] < ts[:-1]).all()
+        u = flow.grid_uniform(5)[1:-1].double()
+        assert torch.allclose(ts[1:-1].double(), torch.sigmoid(torch.logit(u) + t_mean), atol=1e-6)
+    assert torch.equal(flow.make_grid("matched", 3, 0.8), flow.grid_matched(3, 0.8))
+    assert torch.equal(flow.make_grid("uniform", 3, 0.8), flow.grid_uniform(3))  # t_mean moves 'matched' only
+    with pytest.raises(ValueError, match="finite"):
+        flow.grid_matched(3, float("nan"))
+
+
+def test_matched_grid_follows_the_config_t_mean():
+    from epsvae.config import FlowConfig
+    from epsvae.decoding import resolve_grid
+
+    assert torch.equal(resolve_grid(FlowConfig(t_mean=1.2), 3, "matched"), flow.grid_matched(3, 1.2))
+    assert torch.equal(resolve_grid(FlowConfig(t_mean=1.2, grid="matched"), None, None), flow.grid_matched(3, 1.2))
+    # the uniform sampler has no shift to match: its matched grid is the uniform one
+    assert torch.equal(resolve_grid(FlowConfig(t_sampler="uniform", t_mean=1.2), 2, "matched"), flow.grid_uniform(2))
+
+
 @pytest.mark.parametrize("gamma", [1.0, 0.8, 0.6, 0.4])
 def test_x0_recovered_exactly_from_true_velocity(gamma):
     x0, eps = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
@@ -111,6 +135,18 @@ def test_model_trains_on_its_grid_points_when_asked():
     cfg = apply_overrides(tiny_config(), {"flow.t_grid_mix": 1.0, "flow.grid": "uniform", "flow.steps": 4})
     t = EpsilonVAE(cfg).draw(1000, (16, 16), torch.Generator().manual_seed(0))["t"]
     assert set(t.unique().tolist()) == {1.0, 0.75, 0.5, 0.25}
+    # the matched grid's points follow the training shift
+    cfg = apply_overrides(cfg, {"flow.grid": "matched", "flow.t_mean": 0.8, "flow.steps": 3})
+    model = EpsilonVAE(cfg)
+    t = model.draw(1000, (16, 16), torch.Generator().manual_seed(0))["t"]
+    assert set(t.unique().tolist()) == set(flow.grid_matched(3, 0.8)[:-1].tolist())
+    z = torch.randn(2, cfg.encoder.latent_channels, 8, 8)
+    with torch.no_grad():  # the decode takes it by name, and the named default is the same grid
+        by_name = model.decode(z, grid="matched", generator=torch.Generator().manual_seed(3))
+        by_times = model.decode(z, grid=flow.grid_matched(3, 0.8), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(by_name, by_times)
+    with pytest.raises(ConfigError, match="'matched', got 'cosine'"):
+        apply_overrides(tiny_config(), {"flow.grid": "cosine"})
     with pytest.raises(ConfigError, match="at most 1"):
         apply_overrides(tiny_config(), {"flow.t_grid_mix": 0.7, "flow.t_uniform_mix": 0.5})
 

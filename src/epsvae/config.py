@@ -127,7 +127,8 @@ class FlowConfig:
     # default decoding grid (`grid`, `steps`, t > 0), where few-step decoding evaluates
     t_uniform_mix: float = 0.0
     t_grid_mix: float = 0.0
-    grid: str = "reversed-log"  # inference grid: 'reversed-log' or 'uniform'
+    # inference grid: 'reversed-log', 'uniform', or 'matched' (uniform moved by t_mean's shift)
+    grid: str = "reversed-log"
     steps: int = 3  # default decoding steps
     # what the decoder network outputs: 'velocity' (the paper's) or 'x0' (the clean image,
     # turned into v = (x_t - γ x0) / max(t, t_min); not in the paper)
@@ -181,8 +182,8 @@ class AutoencoderConfig:
                 f"the VAE decoder upsamples x{self.decoder_upsample} but the encoder downsamples "
                 f"x{self.encoder.downsample}: give both the same number of channel_mult levels"
             )
-        if self.flow.grid not in ("reversed-log", "uniform"):
-            raise ConfigError(f"flow.grid must be 'reversed-log' or 'uniform', got {self.flow.grid!r}")
+        if self.flow.grid not in ("reversed-log", "uniform", "matched"):
+            raise ConfigError(f"flow.grid must be 'reversed-log', 'uniform' or 'matched', got {self.flow.grid!r}")
         if self.flow.t_sampler not in ("logit-normal", "uniform"):
             raise ConfigError(f"flow.t_sampler must be 'logit-normal' or 'uniform', got {self.flow.t_sampler!r}")
         if not 0 < self.flow.gamma <= 1:

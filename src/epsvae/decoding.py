@@ -21,15 +21,17 @@ if TYPE_CHECKING:
 
 
 def resolve_grid(fc: FlowConfig, steps: int | None, grid: str | torch.Tensor | None) -> torch.Tensor:
-    """Decoding times, decreasing from 1 to 0: a named grid ('reversed-log', 'uniform'; default
-    the config's) with `steps` steps (default the config's), or a custom tensor, checked."""
+    """Decoding times, decreasing from 1 to 0: a named grid ('reversed-log', 'uniform', 'matched':
+    the uniform grid moved by the config's logit-normal t_mean; default the config's) with
+    `steps` steps (default the config's), or a custom tensor, checked."""
     if isinstance(grid, torch.Tensor):
         ts = grid.float().cpu()
         malformed = ts.ndim != 1 or len(ts) < 2 or not torch.isfinite(ts).all()  # NaN compares as False
         if malformed or ts[0] != 1 or ts[-1] != 0 or (ts[1:] >= ts[:-1]).any():
             raise ValueError("a custom grid must be a 1-D decreasing tensor from exactly 1 down to exactly 0")
         return ts
-    return flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps)
+    t_mean = fc.t_mean if fc.t_sampler == "logit-normal" else 0.0
+    return flow.make_grid(grid or fc.grid, steps if steps is not None else fc.steps, t_mean)
 
 
 def decode(

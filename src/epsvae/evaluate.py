@@ -159,7 +159,7 @@ def evaluate(
     """Metrics of reconstructions of `data`/`split` for each step count and seed (see `epsvae eval`).
 
     `fid_features` is a comma-separated list of Fréchet-distance networks (module docstring);
-    `grid` overrides the model's inference time grid ('reversed-log' or 'uniform');
+    `grid` overrides the model's inference time grid ('reversed-log', 'uniform' or 'matched');
     `resolution` evaluates at another size than the training one (zero-shot).
     """
     if limit is not None and limit < 1:

@@ -155,15 +155,35 @@ def grid_uniform(steps: int) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, steps + 1)
 
 
-GRIDS = ("reversed-log", "uniform")  # inference time grids, by name
+def grid_matched(steps: int, t_mean: float = 0.0) -> torch.Tensor:
+    """The uniform grid moved to a shifted logit-normal training t: t_i = sigmoid(logit(u_i) + t_mean)
+    = s u_i / (1 + (s - 1) u_i) with s = exp(t_mean), (steps + 1,) from exactly 1 to exactly 0.
+
+    The shift that turns logit-normal(0, std) into logit-normal(t_mean, std) applied to the
+    uniform grid (SD3's time shift with s = exp(t_mean)): the grid stands to the shifted
+    training t as the uniform grid stands to the centred one. t_mean = 0 is the uniform grid;
+    t_mean = 0.8, 3 steps gives 1, 0.8166, 0.5267, 0.
+    """
+    _check_steps(steps)
+    if not math.isfinite(t_mean):
+        raise ValueError(f"t_mean must be finite, got {t_mean!r}")
+    u = torch.arange(steps, -1, -1, dtype=torch.float64) / steps
+    s = math.exp(t_mean)
+    return (s * u / (1 + (s - 1) * u)).float()
 
 
-def make_grid(name: str, steps: int) -> torch.Tensor:
+GRIDS = ("reversed-log", "uniform", "matched")  # inference time grids, by name
+
+
+def make_grid(name: str, steps: int, t_mean: float = 0.0) -> torch.Tensor:
+    """A named grid; `t_mean` (the training logit-normal's mean) only moves 'matched'."""
     if name == "reversed-log":
         return grid_reversed_log(steps)
     if name == "uniform":
         return grid_uniform(steps)
-    raise ValueError(f"unknown time grid {name!r}; use 'reversed-log' or 'uniform'")
+    if name == "matched":
+        return grid_matched(steps, t_mean)
+    raise ValueError(f"unknown time grid {name!r}; use {', '.join(repr(g) for g in GRIDS)}")
 
 
 def _check_steps(steps: int) -> None:

@@ -236,7 +236,7 @@ class EpsilonVAE(Autoencoder):
     def sample_t(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """Training times (N,) from the config's sampler and its uniform / grid-point mixtures."""
         fc = self.config.flow
-        points = flow.make_grid(fc.grid, fc.steps)[:-1] if fc.t_grid_mix else None
+        points = decoding.resolve_grid(fc, None, None)[:-1] if fc.t_grid_mix else None
         return flow.sample_t_mixed(
             fc.t_sampler, n, fc.t_mean, fc.t_std, fc.t_uniform_mix, points, fc.t_grid_mix, generator, device
         )
@@ -290,7 +290,8 @@ class EpsilonVAE(Autoencoder):
     ) -> torch.Tensor:
         """Latents (N, Cz, h, w) -> images (N, C, h*f, w*f), about [-1, 1], in `steps` network calls.
 
-        `grid` is 'reversed-log' (default from the config), 'uniform', or a decreasing
+        `grid` is 'reversed-log' (default from the config), 'uniform', 'matched' (the
+        uniform grid moved by the training t's shift, flow.t_mean), or a decreasing
         tensor of times from 1 down to 0. Decoding starts from Gaussian noise, so it
         is stochastic: pass a seeded `generator` (or `noise`) to make it reproducible.
 
