@@ -822,6 +822,11 @@ def test_run_cache_keys_survive_new_config_keys():
     assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=0.4", "train.seed=1"], None).name == (
         "eps-fmnist-aaa041f981"
     )
+    # a shift above 0.8 (`preset-t-shift-12`, 2026-12-08)
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=1.2"], None).name == "eps-fmnist-d06375382b"
+    assert run_dir(runs, "eps-fmnist", ["model.flow.t_mean=1.2", "train.seed=1"], None).name == (
+        "eps-fmnist-b4eeea084b"
+    )
 
 
 def test_eval_key_ignores_presets_but_not_other_source(tmp_path, monkeypatch):
