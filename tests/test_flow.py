@@ -141,7 +141,7 @@ def test_model_trains_on_its_grid_points_when_asked():
     t = model.draw(1000, (16, 16), torch.Generator().manual_seed(0))["t"]
     assert set(t.unique().tolist()) == set(flow.grid_matched(3, 0.8)[:-1].tolist())
     z = torch.randn(2, cfg.encoder.latent_channels, 8, 8)
-    with torch.no_grad():  # the decode takes it by name, and the named default is the same grid
+    with torch.no_grad():  # the decode takes it by name: the same grid as its times
         by_name = model.decode(z, grid="matched", generator=torch.Generator().manual_seed(3))
         by_times = model.decode(z, grid=flow.grid_matched(3, 0.8), generator=torch.Generator().manual_seed(3))
     assert torch.equal(by_name, by_times)

@@ -182,8 +182,10 @@ class AutoencoderConfig:
                 f"the VAE decoder upsamples x{self.decoder_upsample} but the encoder downsamples "
                 f"x{self.encoder.downsample}: give both the same number of channel_mult levels"
             )
-        if self.flow.grid not in ("reversed-log", "uniform", "matched"):
-            raise ConfigError(f"flow.grid must be 'reversed-log', 'uniform' or 'matched', got {self.flow.grid!r}")
+        from .flow import GRIDS
+
+        if self.flow.grid not in GRIDS:
+            raise ConfigError(f"flow.grid must be one of {', '.join(map(repr, GRIDS))}, got {self.flow.grid!r}")
         if self.flow.t_sampler not in ("logit-normal", "uniform"):
             raise ConfigError(f"flow.t_sampler must be 'logit-normal' or 'uniform', got {self.flow.t_sampler!r}")
         if not 0 < self.flow.gamma <= 1:
